@@ -1,0 +1,54 @@
+"""User-facing errors.
+
+Every mistake a user can make (a bad config value, a missing dataset, unavailable weights) raises a
+subclass of :class:`UserError`. Command-line entry points catch it, print its one-line message to
+stderr and exit with status 2, so a user never sees a Python traceback for their own mistake.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable, TypeVar
+
+EXIT_USER_ERROR = 2
+
+F = TypeVar("F", bound=Callable[..., int | None])
+
+
+class UserError(Exception):
+    """A problem the user can fix; its message is one line and says what to do."""
+
+
+class ConfigError(UserError):
+    """A configuration value is unknown, of the wrong type or out of range.
+
+    The message names the source (a file, or ``--set``), the dotted field, what was expected and what
+    was given: ``quickstart.yaml: memory.size: expected an integer >= 0, got -5``.
+    """
+
+    def __init__(self, source: str, field: str, expected: str, got: object):
+        self.source, self.field, self.expected, self.got = source, field, expected, got
+        super().__init__(f"{source}: {field}: expected {expected}, got {got!r}")
+
+
+class DatasetNotFoundError(UserError):
+    """Dataset files are missing or inconsistent with the shipped split lists."""
+
+
+class WeightsUnavailableError(UserError):
+    """Model weights are neither cached nor downloadable."""
+
+
+def exit_on_user_error(main: F) -> F:
+    """Decorate a CLI ``main``: a :class:`UserError` becomes one line on stderr and exit code 2."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(EXIT_USER_ERROR) from None
+
+    return wrapper  # type: ignore[return-value]

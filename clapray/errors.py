@@ -27,9 +27,24 @@ class ConfigError(UserError):
     was given: ``quickstart.yaml: memory.size: expected an integer >= 0, got -5``.
     """
 
-    def __init__(self, source: str, field: str, expected: str, got: object):
+    def __init__(self, source: str, field: str, expected: str, got: object, *, got_text: str | None = None):
         self.source, self.field, self.expected, self.got = source, field, expected, got
-        super().__init__(f"{source}: {field}: expected {expected}, got {got!r}")
+        self.got_text = got_text if got_text is not None else _describe(got)
+        super().__init__(f"{source}: {field}: expected {expected}, got {self.got_text}")
+
+    def relocated(self, source: str, prefix: str) -> "ConfigError":
+        """The same error seen from an enclosing config: a new source and a dotted field prefix."""
+        return ConfigError(source, f"{prefix}{self.field}", self.expected, self.got, got_text=self.got_text)
+
+
+def _describe(value: object) -> str:
+    """``-5``, ``'abc'`` (str), ``[1, 2]`` (list): the value and, where it helps, its type."""
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    if isinstance(value, (bool, int, float)) or value is None:
+        return text
+    return f"{text} ({type(value).__name__})"
 
 
 class DatasetNotFoundError(UserError):

@@ -1,0 +1,83 @@
+"""From a :class:`~clapray.config.RunConfig` to the objects of a run: device, backbone, benchmark, scenario.
+
+One place turns configuration into components, so the run CLI, the learner, the sweep workers and the
+tests all build them the same way.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from clapray.config import RunConfig
+from clapray.errors import UserError
+
+if TYPE_CHECKING:
+    from clapray.data import Benchmark, ClassIncrementalScenario
+    from clapray.model.backbone import Backbone
+
+
+def resolve_device(cfg: RunConfig) -> torch.device:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("device: cuda was asked for but no CUDA device is visible; set device: cpu or auto")
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def resolve_precision(cfg: RunConfig, device: torch.device) -> str:
+    """``auto`` = bf16 autocast for the frozen towers on GPU, fp32 on CPU (bf16 matmuls are slow there)."""
+    if cfg.backbone.precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return cfg.backbone.precision
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) for everything random in training."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_backbone(cfg: RunConfig, device: torch.device | None = None) -> "Backbone":
+    from clapray.model.backbone import load_backbone
+
+    device = device or resolve_device(cfg)
+    # Random-init backbones (the tiny test configs) must not depend on the init seed of the adapters,
+    # or two runs that differ only in seeds.init would compare different "pretrained" models.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return load_backbone(cfg.backbone.model, cfg.backbone.pretrained, cache_dir=cfg.backbone.cache_dir,
+                             device=device, precision=resolve_precision(cfg, device))
+
+
+def build_benchmark_from_config(cfg: RunConfig) -> "Benchmark":
+    from clapray.data import build_benchmark
+
+    data = cfg.data
+    options: dict[str, object] = {}
+    if data.dataset == "shapes":
+        s = data.shapes
+        options = dict(num_classes=s.num_classes, train_per_class=s.train_per_class,
+                       test_per_class=s.test_per_class, image_size=s.image_size, seed=s.seed, cache=s.cache)
+    elif data.dataset == "cifar100":
+        options = dict(download=data.download)
+    elif data.dataset == "cdcl":
+        options = dict(dataset_options={"cifar100": {"download": data.download}})
+        if data.sequence:
+            options["sequence"] = tuple(data.sequence)
+    if data.sequence and data.dataset != "cdcl":
+        raise UserError(f"data.sequence: only used with dataset cdcl, but dataset is {data.dataset!r}")
+    return build_benchmark(data.dataset, data.root, **options)
+
+
+def build_scenario_from_config(cfg: RunConfig, benchmark: "Benchmark | None" = None) -> "ClassIncrementalScenario":
+    from clapray.data import build_scenario
+
+    benchmark = benchmark if benchmark is not None else build_benchmark_from_config(cfg)
+    return build_scenario(benchmark, num_tasks=cfg.data.num_tasks, classes_per_task=cfg.data.classes_per_task,
+                          initial_classes=cfg.data.initial_classes, class_order_seed=cfg.seeds.class_order,
+                          val_fraction=cfg.data.val_fraction, evaluate_on=cfg.eval.split)

@@ -1,0 +1,43 @@
+"""Benchmarks, class-incremental scenarios and transforms.
+
+Importing this package registers every benchmark builder (``cifar100``, ``imagenet100``, ``imagenet_r``,
+``cub200``, ``vtab``, ``cdcl``, ``shapes``). It imports neither torch/torchvision nor Ray/Optuna; the
+transform helpers import torchvision when called.
+"""
+
+from clapray.data import cifar, folders, chain, shapes  # noqa: F401  (registration side effects)
+from clapray.data.base import (
+    Benchmark,
+    LabeledImages,
+    build_benchmark,
+    get_benchmark_builder,
+    list_benchmarks,
+    register_benchmark,
+)
+from clapray.data.chain import chain_benchmarks
+from clapray.data.scenario import (
+    ClassIncrementalScenario,
+    TaskSubset,
+    build_scenario,
+    class_order,
+    task_sizes,
+)
+from clapray.data.transforms import HorizontalFlip, train_transform, view_transform
+
+__all__ = [
+    "Benchmark",
+    "ClassIncrementalScenario",
+    "HorizontalFlip",
+    "LabeledImages",
+    "TaskSubset",
+    "build_benchmark",
+    "build_scenario",
+    "chain_benchmarks",
+    "class_order",
+    "get_benchmark_builder",
+    "list_benchmarks",
+    "register_benchmark",
+    "task_sizes",
+    "train_transform",
+    "view_transform",
+]

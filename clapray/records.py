@@ -1,0 +1,87 @@
+"""What a run reports after every task, and the run directory it writes into.
+
+A :class:`TaskResult` is the unit of reporting: the run CLI prints it, the sweep forwards it to Ray Tune
+and the results store turns it into Parquet rows. It is plain data (lists, floats), so it pickles and
+serialises to JSON without torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class NoveltyDetection:
+    """Post-hoc novel data detection at one step: seen-task test images vs future-task ones (§13.6)."""
+
+    auroc: float
+    aupr: float
+    fpr95: float  # the official rule: the threshold whose TPR is nearest 0.95 (energy-OOD reference code)
+    fpr95_at_least: float  # the textbook rule: the smallest FPR with TPR >= 0.95
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """Metrics after training (and consolidating) task ``task`` (0-based), evaluated on tasks 0..task.
+
+    Accuracies are percentages. ``accuracy_row[j]`` = a[task, j]; ``task_aware_row[j]`` the same with
+    logits outside task j's classes masked; ``n_eval[j]`` the number of evaluation images of task j.
+    """
+
+    task: int
+    num_tasks: int
+    accuracy_row: tuple[float, ...]
+    task_aware_row: tuple[float, ...]
+    n_eval: tuple[int, ...]
+    last_acc: float  # macro mean of accuracy_row (A_t)
+    avg_acc: float  # mean of A_0..A_t so far
+    bwt: float  # NaN at task 0
+    ece: float  # dataset-level, over all seen test images
+    ece_per_batch: float  # the official per-batch average
+    phndd: NoveltyDetection | None  # None at the last task (no future images)
+    losses: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: train, consolidate, evaluate, total
+    peak_memory_mb: float = float("nan")
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def summary_line(self) -> str:
+        """``task  3/10  acc 71.20  avg 80.05  bwt -3.10  ece 0.061  12.3s``."""
+        bwt = "   -  " if math.isnan(self.bwt) else f"{self.bwt:+6.2f}"
+        return (f"task {self.task + 1:2d}/{self.num_tasks}  acc {self.last_acc:6.2f}  avg {self.avg_acc:6.2f}  "
+                f"bwt {bwt}  ece {self.ece:.3f}  {self.timings.get('total', float('nan')):.1f}s")
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON through a temporary file and a rename, so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(payload, fh, indent=2, allow_nan=True)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,136 @@
+"""The run CLI and the zero-shot job end to end: config -> scenario -> backbone -> metrics -> files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from clapray.builders import build_backbone, build_scenario_from_config
+from clapray.config import load_run_config
+from clapray.run import default_config_path, main
+from clapray.zeroshot import EncodedSplit, evaluate_step
+
+SMALL = ["data.shapes.num_classes=8", "data.shapes.train_per_class=4", "data.shapes.test_per_class=6",
+         "data.num_tasks=4"]
+
+
+def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "clapray.run", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+def test_core_imports_neither_ray_nor_optuna():
+    code = ("import sys, clapray, clapray.config, clapray.data, clapray.model, clapray.metrics, clapray.zeroshot, "
+            "clapray.run; bad = [m for m in ('ray', 'optuna') if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.parametrize("text, field", [
+    ("memory:\n  sise: 3\n", "memory.sise"),
+    ("optim:\n  epochs: many\n", "optim.epochs"),
+    ("memory:\n  policy: total\n  size: -5\n", "memory.size"),
+])
+def test_bad_config_exits_2_with_one_line(tmp_path, text, field):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    proc = run_cli(str(path), cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert lines[0].startswith(f"error: {path}: {field}: expected")
+    assert not (tmp_path / "runs").exists()  # nothing written for a rejected config
+
+
+def test_bad_override_exits_2(tmp_path):
+    proc = run_cli("--set", "method.vga.depht=2", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --set: method.vga.depht: expected one of")
+
+
+def test_unknown_config_name_exits_2(tmp_path):
+    proc = run_cli("cifar1000", cwd=tmp_path)
+    assert proc.returncode == 2 and "shipped:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_missing_dataset_exits_2_naming_the_path(tmp_path):
+    proc = run_cli("cifar100", "--set", f"data.root={tmp_path / 'nowhere'}", "--set", "data.download=false",
+                   "--set", "backbone.model=clapray-tiny-vit", "--set", "backbone.pretrained=null",
+                   "--set", "method.variant=zeroshot", "--set", f"output_dir={tmp_path / 'runs'}", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "cifar-100-python" in proc.stderr
+
+
+def test_dry_run_prints_the_resolved_config(capsys):
+    assert main(["--dry-run", "--set", "memory.selector=herding"]) == 0
+    printed = capsys.readouterr().out
+    assert "selector: herding" in printed and "dataset: shapes" in printed
+
+
+def test_zeroshot_run_writes_results_and_is_deterministic(tmp_path, capsys):
+    args = ["--set", f"output_dir={tmp_path}", *sum((["--set", s] for s in SMALL), [])]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("task ") == 4 and "done:" in out
+    (run_dir,) = list(tmp_path.iterdir())
+    first = json.loads((run_dir / "results.json").read_text())
+    assert [t["task"] for t in first["tasks"]] == [0, 1, 2, 3]
+    assert [len(t["accuracy_row"]) for t in first["tasks"]] == [1, 2, 3, 4]
+    assert all(sum(t["n_eval"]) == 12 * (i + 1) for i, t in enumerate(first["tasks"]))
+    assert (run_dir / "config.yaml").exists()
+    assert main(args) == 0  # same config, same directory, same numbers
+    second = json.loads((run_dir / "results.json").read_text())
+    strip = lambda r: [{k: v for k, v in t.items() if k != "timings"} for t in r["tasks"]]  # noqa: E731
+    assert strip(first) == strip(second)
+
+
+def test_shapes_ten_task_scenario_is_quick_and_tiny_backbone_encodes_it():
+    cfg = load_run_config(default_config_path(), ["data.num_tasks=10", "data.shapes.num_classes=50",
+                                                  "data.shapes.train_per_class=100"])
+    start = time.perf_counter()
+    scenario = build_scenario_from_config(cfg)
+    built = time.perf_counter() - start
+    assert scenario.num_tasks == 10 and scenario.num_classes == 50
+    assert built < 5.0, f"building the 10-task scenario took {built:.1f}s"
+    backbone = build_backbone(cfg, torch.device("cpu"))
+    dataset = scenario.task_dataset(9, "train", transform=backbone.preprocess)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=16, shuffle=False)
+    images, labels, indices = next(iter(loader))
+    features = backbone.encode_images(images)
+    assert features.shape == (16, backbone.embed_dim)
+    assert torch.allclose(features.norm(dim=1), torch.ones(16), atol=1e-5)
+    assert set(labels.tolist()) <= set(scenario.classes_of_task(9).tolist())
+
+
+def test_zeroshot_step_metrics_follow_task_indexing():
+    """A planted logit matrix: images of task 1 are predicted as a task-0 class, all else right.
+
+    After task 0, task 0 is perfect (100). After task 1, task 0 stays 100 and task 1 is 0 (task-aware
+    accuracy of task 1 is 100 since its own block is correct among its own classes). Off-by-one errors
+    in the seen-class slice or the task masks change these numbers.
+    """
+    cfg = load_run_config(default_config_path(), ["data.num_tasks=2", "data.shapes.num_classes=4",
+                                                  "data.shapes.test_per_class=3", "eval.batch_size=2"])
+    scenario = build_scenario_from_config(cfg)
+    labels = np.repeat(np.arange(4), 3)  # 12 images, classes 0..3, tasks 0,0,1,1
+    tasks = scenario.task_of_class[labels]
+    logits = torch.full((12, 4), -5.0)
+    logits[np.arange(12), labels] = 5.0
+    logits[tasks == 1, 0] = 9.0  # task-1 images are pulled to class 0 (task 0) ...
+    encoded = EncodedSplit(torch.zeros(12, 8), labels, np.asarray(tasks))
+    history: list[list[float]] = []
+    step0, acc0 = evaluate_step(logits, encoded, scenario, 0, cfg, history)
+    assert step0["accuracy_row"] == (100.0,) and step0["n_eval"] == (6,)
+    assert step0["phndd"] is not None  # task-1 images are the novel data at step 0
+    step1, acc1 = evaluate_step(logits, encoded, scenario, 1, cfg, history)
+    assert step1["accuracy_row"] == (100.0, 0.0)
+    assert step1["task_aware_row"] == (100.0, 100.0)
+    assert step1["last_acc"] == pytest.approx(50.0)
+    assert step1["avg_acc"] == pytest.approx(75.0)
+    assert step1["bwt"] == pytest.approx(0.0)
+    assert step1["phndd"] is None  # no future tasks after the last one
+    assert acc1.shape == (2, 2) and acc1[0, 0] == 100.0

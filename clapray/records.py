@@ -54,6 +54,16 @@ class TaskResult:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TaskResult":
+        """Inverse of :meth:`to_dict` (tuples restored, novelty detection rebuilt)."""
+        data = dict(data)
+        for key in ("accuracy_row", "task_aware_row", "n_eval"):
+            data[key] = tuple(data[key])
+        if data.get("phndd") is not None:
+            data["phndd"] = NoveltyDetection(**data["phndd"])
+        return cls(**data)
+
     def summary_line(self) -> str:
         """``task  3/10  acc 71.20  avg 80.05  bwt -3.10  ece 0.061  12.3s``."""
         bwt = "   -  " if math.isnan(self.bwt) else f"{self.bwt:+6.2f}"

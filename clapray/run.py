@@ -1,21 +1,27 @@
-"""``python -m clapray.run [CONFIG.yaml] [--set dotted.field=value ...]``: one run, in-process, no Ray.
+"""``python -m clapray.run [CONFIG.yaml] [--out DIR] [--set dotted.field=value ...]``: one run, no Ray.
 
-Without a config file the embedded default (``clapray/configs/quickstart.yaml``: the generated shapes
-benchmark and a tiny backbone on CPU) runs. The run writes into its own directory,
-``<output_dir>/<name>-<config hash>/``: the resolved ``config.yaml`` and ``results.json`` (one entry
-per task, rewritten atomically after every task so an interruption keeps every finished task).
+Without a config file the embedded default runs (``clapray/configs/quickstart.yaml``: the generated
+shapes benchmark and a tiny backbone, 5 tasks on CPU). Results go to the Parquet store under DIR
+(default: the config's ``output_dir``): ``DIR/runs``, ``DIR/tasks``, ``DIR/accuracy``, one row set per
+task as it finishes. The run's own directory ``DIR/<run id>/`` holds the resolved ``config.yaml`` and
+the checkpoint of the last finished task; running the same command again continues from it, and does
+nothing when the run is complete.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 
 from clapray.config import RunConfig, describe_fields, load_run_config
 from clapray.errors import UserError, exit_on_user_error
-from clapray.records import TaskResult, write_json_atomic, write_text_atomic
+from clapray.records import TaskResult, write_text_atomic
+
+EXIT_RUN_FAILED = 1
 
 
 def default_config_path() -> Path:
@@ -45,6 +51,7 @@ def resolve_config_argument(value: str | None) -> Path:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m clapray.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("config", nargs="?", help="run YAML, or a shipped config name; default: quickstart")
+    parser.add_argument("--out", metavar="DIR", help="results store and run directory (default: output_dir)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a field, e.g. --set memory.size=500 (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
@@ -57,30 +64,71 @@ def print_fields() -> None:
         print(f"{name:34s} {expected:40s} default {default!r}\n{'':34s} {doc}")
 
 
-def execute(cfg: RunConfig, *, out=None) -> list[TaskResult]:
-    """Run ``cfg`` and write its directory; returns the per-task results."""
-    out = out or sys.stdout
-    run_dir = cfg.run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
-    results: list[TaskResult] = []
+def run_id(cfg: RunConfig) -> str:
+    return f"{cfg.name}-{cfg.config_hash()}"
 
-    def on_task(result: TaskResult) -> None:
-        results.append(result)
-        print(result.summary_line(), file=out, flush=True)
-        write_json_atomic(run_dir / "results.json", {
-            "name": cfg.name, "config_hash": cfg.config_hash(), "tasks": [r.to_dict() for r in results]})
+
+def execute(cfg: RunConfig, *, out=None) -> list[TaskResult]:
+    """Run (or continue) ``cfg``, writing the store under ``cfg.output_dir``; returns every task's result.
+
+    Raises :class:`~clapray.learner.TrainingDiverged` after recording status ``error`` in ``runs``.
+    """
+    from clapray.results import RunWriter
+
+    out = out or sys.stdout
+    store = Path(cfg.output_dir)
+    rid = run_id(cfg)
+    run_dir = store / rid
+    checkpoint = run_dir / "checkpoint.pt"
+    start = time.perf_counter()
 
     if cfg.method.variant == "zeroshot":
+        from clapray.builders import build_scenario_from_config
         from clapray.zeroshot import run_zeroshot
 
-        run_zeroshot(cfg, on_task=on_task)
+        fingerprint = build_scenario_from_config(cfg).benchmark.fingerprint()
+        writer = RunWriter(store, rid, cfg, dataset_fingerprint=fingerprint, extra={"trainable_params": 0})
+        learner = None
     else:
-        raise UserError(f"method.variant: {cfg.method.variant!r} needs the continual learner, which this "
-                        "version does not include yet; use --set method.variant=zeroshot")
-    final = results[-1]
-    print(f"done: avg {final.avg_acc:.2f}  last {final.last_acc:.2f}  -> {run_dir}", file=out)
-    return results
+        from clapray.learner import ContinualLearner
+
+        learner = ContinualLearner(cfg)
+        if checkpoint.exists():
+            learner.load(checkpoint)
+        writer = RunWriter(store, rid, cfg, dataset_fingerprint=learner.scenario.benchmark.fingerprint(),
+                           extra={"trainable_params": learner.final_trainable_parameter_count()})
+        if learner.tasks_done:
+            print(f"resuming {rid} after task {learner.tasks_done}/{learner.num_tasks}", file=out)
+        if learner.tasks_done == learner.num_tasks:
+            final = learner.history[-1]
+            print(f"already finished: avg {final.avg_acc:.2f}  last {final.last_acc:.2f}  -> {store}", file=out)
+            return learner.history
+    # Directories are made only once data and model are known to load, so a mistake leaves nothing behind.
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
+
+    history: list[TaskResult] = list(learner.history) if learner is not None else []
+
+    def on_task(result: TaskResult) -> None:
+        history.append(result)
+        writer.write_task(result, history)
+        elapsed = time.perf_counter() - start
+        print(f"{result.summary_line()}  elapsed {elapsed:.1f}s", file=out, flush=True)
+
+    try:
+        if learner is None:
+            run_zeroshot(cfg, on_task=on_task)
+        else:
+            learner.run(on_task=on_task, after_task=lambda lr: lr.save(checkpoint))
+    except KeyboardInterrupt:
+        writer.mark("stopped", "interrupted")
+        raise
+    except Exception as err:
+        writer.mark("error", f"{type(err).__name__}: {err}")
+        raise
+    final = history[-1]
+    print(f"done: avg {final.avg_acc:.2f}  last {final.last_acc:.2f}  -> {store} (run {rid})", file=out)
+    return history
 
 
 @exit_on_user_error
@@ -89,12 +137,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.fields:
         print_fields()
         return 0
-    path = resolve_config_argument(args.config)
-    cfg = load_run_config(path, args.overrides)
+    cfg = load_run_config(resolve_config_argument(args.config), args.overrides)
+    if args.out:
+        cfg = replace(cfg, output_dir=args.out)
     if args.dry_run:
         print(cfg.to_yaml(), end="")
         return 0
-    execute(cfg)
+    from clapray.learner import TrainingDiverged
+
+    try:
+        execute(cfg)
+    except TrainingDiverged as err:
+        print(f"run failed: {err} (recorded as status 'error')", file=sys.stderr)
+        return EXIT_RUN_FAILED
     return 0
 
 

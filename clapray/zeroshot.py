@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from clapray import metrics
 from clapray.builders import build_backbone, build_scenario_from_config, resolve_device, seed_everything
 from clapray.config import RunConfig
-from clapray.records import NoveltyDetection, TaskResult
+from clapray.evaluation import step_metrics
+from clapray.records import TaskResult
 
 
 @dataclass(frozen=True)
@@ -49,49 +49,17 @@ def encode_evaluation_images(backbone, scenario, cfg: RunConfig) -> EncodedSplit
 
 
 def evaluate_step(logits: torch.Tensor, encoded: EncodedSplit, scenario, step: int, cfg: RunConfig,
-                  history: list[list[float]]) -> tuple[dict, np.ndarray]:
+                  history: list[list[float]]) -> dict:
     """Metrics after task ``step`` from the full logit matrix [N, C] (all classes of the scenario)."""
-    n_seen = int(sum(len(scenario.classes_of_task(t)) for t in range(step + 1)))
-    seen = encoded.tasks <= step
-    seen_logits = logits[torch.from_numpy(seen)][:, :n_seen]  # [n_seen_images, n_seen]
-    targets = encoded.labels[seen]
-    tasks = encoded.tasks[seen]
-    preds = seen_logits.argmax(dim=1).numpy()
-    probs = torch.softmax(seen_logits, dim=1).numpy()
-    task_of_class = np.asarray(scenario.task_of_class)[:n_seen]
-    aware_preds = metrics.task_aware_predictions(seen_logits.numpy(), targets, task_of_class)
-
-    row, aware_row, counts = [], [], []
-    batch = cfg.eval.batch_size or cfg.optim.batch_size
-    batch_ece_sum, n_batches = 0.0, 0
-    for j in range(step + 1):
-        in_task = tasks == j
-        counts.append(int(in_task.sum()))
-        row.append(100.0 * float((preds[in_task] == targets[in_task]).mean()))
-        aware_row.append(100.0 * float((aware_preds[in_task] == targets[in_task]).mean()))
-        # The official protocol: ECE per test batch of one task's loader, averaged over all batches.
-        task_batches = -(-counts[-1] // batch)
-        batch_ece_sum += task_batches * metrics.per_batch_ece(probs[in_task], targets[in_task], batch_size=batch,
-                                                              n_bins=cfg.eval.ece_bins)
-        n_batches += task_batches
-    history.append(row)
-    acc = np.full((step + 1, step + 1), np.nan)
-    for t, r in enumerate(history):
-        acc[t, : len(r)] = r
-
-    phndd = None
+    n_seen = int(scenario.task_bounds(step)[1])
+    seen = torch.from_numpy(encoded.tasks <= step)
+    future = None
     if cfg.eval.phndd and step < scenario.num_tasks - 1:
-        future_logits = logits[torch.from_numpy(~seen)][:, :n_seen]
-        detection = metrics.novelty_detection_metrics(metrics.energy_score(seen_logits.numpy()),
-                                                      metrics.energy_score(future_logits.numpy()))
-        phndd = NoveltyDetection(auroc=float(detection.auroc), aupr=float(detection.aupr),
-                                 fpr95=float(detection.fpr95_nearest), fpr95_at_least=float(detection.fpr95))
-    return dict(
-        accuracy_row=tuple(row), task_aware_row=tuple(aware_row), n_eval=tuple(counts),
-        last_acc=float(metrics.last_accuracy(acc)), avg_acc=float(metrics.average_incremental_accuracy(acc)),
-        bwt=float(metrics.backward_transfer(acc)) if step > 0 else float("nan"),
-        ece=float(metrics.expected_calibration_error(probs, targets, n_bins=cfg.eval.ece_bins)),
-        ece_per_batch=batch_ece_sum / n_batches, phndd=phndd), acc
+        future = logits[~seen][:, :n_seen]
+    return step_metrics(logits[seen][:, :n_seen], encoded.labels[seen.numpy()], encoded.tasks[seen.numpy()], step,
+                        np.asarray(scenario.task_of_class)[:n_seen], history,
+                        batch_size=cfg.eval.batch_size or cfg.optim.batch_size, ece_bins=cfg.eval.ece_bins,
+                        future_logits=future)
 
 
 def run_zeroshot(cfg: RunConfig, on_task: Callable[[TaskResult], None] | None = None) -> list[TaskResult]:
@@ -112,7 +80,7 @@ def run_zeroshot(cfg: RunConfig, on_task: Callable[[TaskResult], None] | None = 
     history: list[list[float]] = []
     for step in range(scenario.num_tasks):
         t0 = time.perf_counter()
-        fields, _ = evaluate_step(logits, encoded, scenario, step, cfg, history)
+        fields = evaluate_step(logits, encoded, scenario, step, cfg, history)
         elapsed = time.perf_counter() - t0 + (setup_s if step == 0 else 0.0)
         result = TaskResult(task=step, num_tasks=scenario.num_tasks, timings={"evaluate": elapsed, "total": elapsed},
                             **fields)

@@ -112,7 +112,8 @@ def test_bundled_config_loads_frozen_and_encodes(config_path: Path):
     assert bb.text_width == cfg["text_cfg"]["width"]
     assert bb.vision_width == cfg["vision_cfg"]["width"]
     assert bb.image_size == cfg["vision_cfg"]["image_size"]
-    assert bb.context_length == cfg["text_cfg"]["context_length"] == 77
+    assert bb.context_length == cfg["text_cfg"]["context_length"]
+    assert bb.tokenize(["a red circle"]).shape == (1, bb.context_length)  # the tokenizer follows the config
 
     n_params = sum(p.numel() for p in bb.model.parameters())
     assert 1_000_000 <= n_params <= 20_000_000, n_params

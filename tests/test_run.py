@@ -8,11 +8,13 @@ import sys
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from clapray.builders import build_backbone, build_scenario_from_config
 from clapray.config import load_run_config
+from clapray.results import verify_consistency
 from clapray.run import default_config_path, main
 from clapray.zeroshot import EncodedSplit, evaluate_step
 
@@ -44,7 +46,7 @@ def test_bad_config_exits_2_with_one_line(tmp_path, text, field):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr
     assert lines[0].startswith(f"error: {path}: {field}: expected")
-    assert not (tmp_path / "runs").exists()  # nothing written for a rejected config
+    assert list(tmp_path.iterdir()) == [path]  # nothing written for a rejected config
 
 
 def test_bad_override_exits_2(tmp_path):
@@ -60,7 +62,7 @@ def test_unknown_config_name_exits_2(tmp_path):
 def test_missing_dataset_exits_2_naming_the_path(tmp_path):
     proc = run_cli("cifar100", "--set", f"data.root={tmp_path / 'nowhere'}", "--set", "data.download=false",
                    "--set", "backbone.model=clapray-tiny-vit", "--set", "backbone.pretrained=null",
-                   "--set", "method.variant=zeroshot", "--set", f"output_dir={tmp_path / 'runs'}", cwd=tmp_path)
+                   "--set", "method.variant=zeroshot", "--out", str(tmp_path / "store"), cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "cifar-100-python" in proc.stderr
 
@@ -71,21 +73,24 @@ def test_dry_run_prints_the_resolved_config(capsys):
     assert "selector: herding" in printed and "dataset: shapes" in printed
 
 
-def test_zeroshot_run_writes_results_and_is_deterministic(tmp_path, capsys):
-    args = ["--set", f"output_dir={tmp_path}", *sum((["--set", s] for s in SMALL), [])]
+def test_zeroshot_run_writes_the_store_and_is_deterministic(tmp_path, capsys):
+    args = ["--out", str(tmp_path), "--set", "method.variant=zeroshot", *sum((["--set", s] for s in SMALL), [])]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert out.count("task ") == 4 and "done:" in out
-    (run_dir,) = list(tmp_path.iterdir())
-    first = json.loads((run_dir / "results.json").read_text())
-    assert [t["task"] for t in first["tasks"]] == [0, 1, 2, 3]
-    assert [len(t["accuracy_row"]) for t in first["tasks"]] == [1, 2, 3, 4]
-    assert all(sum(t["n_eval"]) == 12 * (i + 1) for i, t in enumerate(first["tasks"]))
-    assert (run_dir / "config.yaml").exists()
-    assert main(args) == 0  # same config, same directory, same numbers
-    second = json.loads((run_dir / "results.json").read_text())
-    strip = lambda r: [{k: v for k, v in t.items() if k != "timings"} for t in r["tasks"]]  # noqa: E731
-    assert strip(first) == strip(second)
+    accuracy = pd.read_parquet(tmp_path / "accuracy")
+    tasks = pd.read_parquet(tmp_path / "tasks")
+    runs = pd.read_parquet(tmp_path / "runs")
+    assert len(runs) == 1 and runs.loc[0, "status"] == "finished" and runs.loc[0, "trainable_params"] == 0
+    assert sorted(tasks["task"]) == [0, 1, 2, 3]
+    assert len(accuracy) == 1 + 2 + 3 + 4
+    assert accuracy.groupby("task")["n_samples"].sum().tolist() == [12, 24, 36, 48]
+    assert verify_consistency(tmp_path) == []
+    first = tasks.sort_values("task")[["acc", "avg_acc", "bwt", "ece"]].to_numpy()
+    assert main(args) == 0  # same config, same files, same numbers, no duplicated rows
+    again = pd.read_parquet(tmp_path / "tasks").sort_values("task")
+    assert len(again) == 4
+    np.testing.assert_array_equal(first, again[["acc", "avg_acc", "bwt", "ece"]].to_numpy())
 
 
 def test_shapes_ten_task_scenario_is_quick_and_tiny_backbone_encodes_it():
@@ -123,14 +128,14 @@ def test_zeroshot_step_metrics_follow_task_indexing():
     logits[tasks == 1, 0] = 9.0  # task-1 images are pulled to class 0 (task 0) ...
     encoded = EncodedSplit(torch.zeros(12, 8), labels, np.asarray(tasks))
     history: list[list[float]] = []
-    step0, acc0 = evaluate_step(logits, encoded, scenario, 0, cfg, history)
+    step0 = evaluate_step(logits, encoded, scenario, 0, cfg, history)
     assert step0["accuracy_row"] == (100.0,) and step0["n_eval"] == (6,)
     assert step0["phndd"] is not None  # task-1 images are the novel data at step 0
-    step1, acc1 = evaluate_step(logits, encoded, scenario, 1, cfg, history)
+    step1 = evaluate_step(logits, encoded, scenario, 1, cfg, history)
     assert step1["accuracy_row"] == (100.0, 0.0)
     assert step1["task_aware_row"] == (100.0, 100.0)
     assert step1["last_acc"] == pytest.approx(50.0)
     assert step1["avg_acc"] == pytest.approx(75.0)
     assert step1["bwt"] == pytest.approx(0.0)
     assert step1["phndd"] is None  # no future tasks after the last one
-    assert acc1.shape == (2, 2) and acc1[0, 0] == 100.0
+    assert history == [[100.0], [100.0, 0.0]]

@@ -1,0 +1,64 @@
+"""Metrics of one evaluation step, from the logits of every seen task's evaluation images (§13).
+
+Shared by every way of producing logits (the zero-shot baseline, the CLAP learner), so all report the
+same numbers the same way: accuracies in percent, macro over task test sets, the official per-batch ECE
+beside the dataset-level one, and novelty detection of future-task images with the energy score.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from clapray import metrics
+from clapray.records import NoveltyDetection
+
+
+def step_metrics(seen_logits: torch.Tensor | np.ndarray, targets: np.ndarray, tasks: np.ndarray, step: int,
+                 task_of_class: np.ndarray, history: list[list[float]], *, batch_size: int, ece_bins: int,
+                 future_logits: torch.Tensor | np.ndarray | None = None) -> dict:
+    """The fields of a :class:`~clapray.records.TaskResult` after task ``step``.
+
+    Args:
+        seen_logits: [N, C_seen] logits (mean over MC samples) of the evaluation images of tasks 0..step,
+            over the classes seen so far; rows grouped by task in loader order (per-batch ECE uses it).
+        targets: [N] remapped labels; tasks: [N] task of each image.
+        task_of_class: [C_seen] task owning each seen class.
+        history: accuracy rows of the earlier steps; this step's row is appended.
+        batch_size: the evaluation batch, for the official per-batch ECE.
+        future_logits: [N_future, C_seen] logits of the images of tasks after ``step`` (novel data), or
+            None to skip novelty detection.
+    """
+    logits = torch.as_tensor(seen_logits, dtype=torch.float32)
+    preds = logits.argmax(dim=1).numpy()
+    probs = torch.softmax(logits, dim=1).numpy()
+    aware_preds = metrics.task_aware_predictions(logits.numpy(), targets, task_of_class)
+
+    row, aware_row, counts = [], [], []
+    batch_ece_sum, n_batches = 0.0, 0
+    for j in range(step + 1):
+        in_task = tasks == j
+        n = int(in_task.sum())
+        counts.append(n)
+        row.append(100.0 * float((preds[in_task] == targets[in_task]).mean()) if n else float("nan"))
+        aware_row.append(100.0 * float((aware_preds[in_task] == targets[in_task]).mean()) if n else float("nan"))
+        if n:
+            # Official protocol: ECE per batch of one task's test loader, averaged over all batches.
+            task_batches = -(-n // batch_size)
+            batch_ece_sum += task_batches * metrics.per_batch_ece(probs[in_task], targets[in_task],
+                                                                  batch_size=batch_size, n_bins=ece_bins)
+            n_batches += task_batches
+    history.append(row)
+    acc = metrics.stack_accuracy_rows(history)
+
+    phndd = None
+    if future_logits is not None and len(future_logits):
+        detection = metrics.phndd_at_step(logits, torch.as_tensor(future_logits, dtype=torch.float32))
+        phndd = NoveltyDetection(auroc=float(detection.auroc), aupr=float(detection.aupr),
+                                 fpr95=float(detection.fpr95_nearest), fpr95_at_least=float(detection.fpr95))
+    return dict(
+        accuracy_row=tuple(row), task_aware_row=tuple(aware_row), n_eval=tuple(counts),
+        last_acc=float(metrics.last_accuracy(acc)), avg_acc=float(metrics.average_incremental_accuracy(acc)),
+        bwt=float(metrics.backward_transfer(acc)) if step > 0 else float("nan"),
+        ece=float(metrics.expected_calibration_error(probs, targets, n_bins=ece_bins)),
+        ece_per_batch=batch_ece_sum / max(n_batches, 1), phndd=phndd)

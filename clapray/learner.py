@@ -1,0 +1,416 @@
+"""The CLAP4CLIP continual learner: owns all state of one run and runs its task sequence (§9 - §13).
+
+Per task t (§12.2):
+
+1. set up the seen classes: base text features T, template statistics, task blocks, the VGA task mask
+   (built once per task, never per batch);
+2. grow: add adapter t (older ones frozen) with its language-aware init;
+3. train on the task's data plus the replay memory: VGA + adapter t, CE over M samples + KD_t + KL_t,
+   SGD with warmup then cosine, optionally capped at ``budget.max_steps_per_task`` steps;
+4. update the exemplar memory;
+5. consolidate (t > 0, replay on): all adapters on the class-balanced memory, VGA frozen;
+6. evaluate on tasks 0..t and report a :class:`~clapray.records.TaskResult`.
+
+Randomness is re-seeded from ``(seeds.init, task, phase)`` at the start of every phase, so a run resumed
+from the checkpoint of task t draws exactly what the uninterrupted run drew and ends with the same
+metrics. Nothing here imports Ray or Optuna: a Ray Train worker, the run CLI and the tests drive the same
+object.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from clapray.builders import build_backbone, build_scenario_from_config, resolve_device
+from clapray.config import RunConfig
+from clapray.data.memory import ExemplarMemory, resolve_budget
+from clapray.data.scenario import TaskSubset
+from clapray.data.selectors import get_selector, inputs_by_class, predictive_probs
+from clapray.data.transforms import train_transform
+from clapray.errors import UserError
+from clapray.evaluation import step_metrics
+from clapray.losses import mc_cross_entropy
+from clapray.model.adapters import ProbabilisticAdapter
+from clapray.model.clap import ClapHead
+from clapray.model.text_features import template_text_features
+from clapray.model.vga import task_attention_mask
+from clapray.records import TaskResult
+from clapray.schedule import cosine_with_warmup, effective_lr, warmup_steps
+
+CHECKPOINT_VERSION = 1
+LEARNED_VARIANTS = ("handcrafted",)
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite; the run ends with status ``error`` and this message."""
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from any parts, stable across processes and Python versions."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def seed_phase(*parts: object) -> torch.Generator:
+    """Seed the global RNGs (dropout, MC noise, flips) for one phase; return a generator for shuffling."""
+    seed = derive_seed(*parts)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(derive_seed("shuffle", *parts))
+
+
+@dataclass(frozen=True)
+class TaskSetup:
+    """What every batch of task ``task`` shares, computed once when the task starts."""
+
+    task: int
+    text: Tensor  # [C_seen, d] base text features (template ensemble, normalised)
+    template_mean: Tensor  # [C_seen, d] mean of normalised template embeddings, not re-normalised
+    template_variance: Tensor  # [C_seen, d] per-dim unbiased variance over templates
+    slices: tuple[tuple[int, int], ...]  # class block of every seen task
+    mask: Tensor  # [C_seen, C_seen] bool, VGA self-attention blocked across tasks
+    task_of_class: np.ndarray  # [C_seen]
+
+    @property
+    def num_seen(self) -> int:
+        return self.text.shape[0]
+
+
+@dataclass
+class PhaseStats:
+    steps: int = 0
+    loss: float = 0.0
+    ce: float = 0.0
+    kd: float = 0.0
+    kl: float = 0.0
+
+    def add(self, loss: float, ce: float, kd: float, kl: float) -> None:
+        self.steps += 1
+        self.loss += loss
+        self.ce += ce
+        self.kd += kd
+        self.kl += kl
+
+    def means(self, prefix: str) -> dict[str, float]:
+        n = max(self.steps, 1)
+        return {prefix: self.loss / n, f"{prefix}_ce": self.ce / n, f"{prefix}_kd": self.kd / n,
+                f"{prefix}_kl": self.kl / n}
+
+
+class ContinualLearner:
+    """One CLAP4CLIP run. ``run()`` trains the remaining tasks; ``state_dict()`` checkpoints it."""
+
+    def __init__(self, cfg: RunConfig, *, backbone=None, scenario=None, device: torch.device | None = None):
+        if cfg.method.variant not in LEARNED_VARIANTS:
+            raise UserError(f"method.variant: {cfg.method.variant!r} is not available in the learner yet "
+                            f"(available: {', '.join(LEARNED_VARIANTS)}; zeroshot runs without training)")
+        self.cfg = cfg
+        self.device = device or resolve_device(cfg)
+        self.backbone = backbone if backbone is not None else build_backbone(cfg, self.device)
+        self.scenario = scenario if scenario is not None else build_scenario_from_config(cfg)
+        self.batch_size = cfg.optim.batch_size
+        self.eval_batch_size = cfg.eval.batch_size or cfg.optim.batch_size
+        self.replay = cfg.uses_memory
+        self.budget = resolve_budget(cfg.memory, self.scenario.benchmark.default_memory,
+                                     replay_free=cfg.budget.replay_free)
+        # Hand-crafted prompts give constant text features: encode every class's templates once per run.
+        self.templates = template_text_features(self.backbone, self.scenario.class_names,
+                                                self.scenario.benchmark.templates)
+        seed_phase(cfg.seeds.init, "init")
+        self.head = ClapHead(self.backbone.embed_dim, self.backbone.logit_scale, cfg.method).to(self.device)
+        self.memory = ExemplarMemory()
+        self.tasks_done = 0
+        self.history: list[TaskResult] = []
+        self._acc_rows: list[list[float]] = []
+        self._train_tf = train_transform(self.backbone.preprocess)
+
+    # ------------------------------------------------------------------------------------------------
+    # The task loop
+
+    @property
+    def num_tasks(self) -> int:
+        return self.scenario.num_tasks
+
+    def run(self, on_task: Callable[[TaskResult], None] | None = None,
+            after_task: Callable[["ContinualLearner"], None] | None = None) -> list[TaskResult]:
+        """Learn every task not done yet. ``on_task`` gets each result; ``after_task`` the learner (to save)."""
+        for task in range(self.tasks_done, self.num_tasks):
+            result = self.learn_task(task)
+            if after_task is not None:
+                after_task(self)
+            if on_task is not None:
+                on_task(result)
+        return self.history
+
+    def learn_task(self, task: int) -> TaskResult:
+        if task != self.tasks_done:
+            raise RuntimeError(f"task {task} cannot follow {self.tasks_done} finished tasks")
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        start = time.perf_counter()
+        setup = self.setup_task(task)
+        seed_phase(self.cfg.seeds.init, task, "grow")
+        trainable = self.head.grow(task, setup.template_mean, setup.template_variance)
+
+        seed_phase(self.cfg.seeds.init, task, "train")
+        train_indices = self.scenario.train_indices(task)
+        if self.replay and len(self.memory):
+            train_indices = np.concatenate([train_indices, self.memory.indices()])
+        params = trainable + (list(self.head.vga.parameters()) if self.head.vga is not None else [])
+        main = self._fit(train_indices, setup, params, phase="train", epochs=self.cfg.optim.epochs,
+                         lr=effective_lr(self.cfg.optim), warmup=True, regularize=(task,), train_vga=True)
+        train_s = time.perf_counter() - start
+
+        t0 = time.perf_counter()
+        if self.replay:
+            self._update_memory(task, setup)
+        consolidation = PhaseStats()
+        if self.replay and self.cfg.method.consolidation.enabled and task > 0:
+            seed_phase(self.cfg.seeds.init, task, "consolidate")
+            consolidation = self._fit(
+                self.memory.indices(), setup, list(self.head.adapters.parameters()), phase="consolidate",
+                epochs=self.cfg.method.consolidation.epochs,
+                lr=effective_lr(self.cfg.optim) * self.cfg.method.consolidation.lr_factor, warmup=False,
+                regularize=tuple(range(task + 1)), train_vga=False)
+        consolidate_s = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        seed_phase(self.cfg.seeds.init, task, "evaluate")
+        fields = self.evaluate(task, setup)
+        evaluate_s = time.perf_counter() - t0
+
+        losses = main.means("train")
+        if consolidation.steps:
+            losses.update(consolidation.means("consolidation"))
+        result = TaskResult(
+            task=task, num_tasks=self.num_tasks, losses=losses,
+            timings={"train": train_s, "consolidate": consolidate_s, "evaluate": evaluate_s,
+                     "total": time.perf_counter() - start},
+            peak_memory_mb=self._peak_memory_mb(),
+            extra={"n_steps": main.steps, "n_consolidation_steps": consolidation.steps,
+                   "memory_size": len(self.memory), "trainable_params": self.trainable_parameter_count()},
+            **fields)
+        self.history.append(result)
+        self.tasks_done = task + 1
+        return result
+
+    # ------------------------------------------------------------------------------------------------
+    # Pieces of a task
+
+    def setup_task(self, task: int) -> TaskSetup:
+        n_seen = self.scenario.task_bounds(task)[1]
+        task_of_class = np.asarray(self.scenario.task_of_class[:n_seen])
+        dev = self.device
+        return TaskSetup(
+            task=task, text=self.templates.mean[:n_seen].to(dev),
+            template_mean=self.templates.template_mean_unnormalised[:n_seen].to(dev),
+            template_variance=self.templates.template_variance[:n_seen].to(dev),
+            slices=tuple(self.scenario.task_bounds(i) for i in range(task + 1)),
+            mask=task_attention_mask(task_of_class, device=dev), task_of_class=task_of_class)
+
+    def _loader(self, indices: np.ndarray, transform, batch_size: int, shuffle: bool,
+                generator: torch.Generator | None = None) -> DataLoader:
+        subset = TaskSubset(self.scenario.benchmark.train, indices, self.scenario.label_map, transform)
+        return self._make_loader(subset, batch_size, shuffle, generator)
+
+    def _make_loader(self, dataset, batch_size: int, shuffle: bool,
+                     generator: torch.Generator | None = None) -> DataLoader:
+        workers = self.cfg.data.num_workers
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                          num_workers=workers, pin_memory=self.device.type == "cuda",
+                          persistent_workers=False)
+
+    def _fit(self, indices: np.ndarray, setup: TaskSetup, params: Sequence[torch.nn.Parameter], *, phase: str,
+             epochs: int, lr: float, warmup: bool, regularize: Sequence[int], train_vga: bool) -> PhaseStats:
+        """SGD over ``indices`` (training-split images) for ``epochs``; returns the mean losses."""
+        stats = PhaseStats()
+        if len(indices) == 0 or not params:
+            return stats
+        generator = torch.Generator().manual_seed(derive_seed(self.cfg.seeds.init, setup.task, phase, "shuffle"))
+        loader = self._loader(indices, self._train_tf, self.batch_size, shuffle=True, generator=generator)
+        steps_per_epoch = len(loader)
+        total = epochs * steps_per_epoch
+        if self.cfg.budget.max_steps_per_task is not None:
+            total = min(total, self.cfg.budget.max_steps_per_task)
+        optim = self.cfg.optim
+        lrs = cosine_with_warmup(total, lr, lr * optim.min_lr_factor,
+                                 warmup_steps(optim, total, steps_per_epoch) if warmup else 0)
+        for p in self.head.parameters():
+            p.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(True)
+        optimizer = torch.optim.SGD(params, lr=float(lrs[0]) if total else lr, momentum=optim.momentum,
+                                    weight_decay=optim.weight_decay)
+        self.head.train()
+        if self.head.vga is not None and not train_vga:
+            self.head.vga.eval()  # consolidation: VGA frozen, no dropout (§11)
+        method = self.cfg.method
+        step = 0
+        while step < total:
+            for images, labels, _ in loader:
+                if step >= total:
+                    break
+                for group in optimizer.param_groups:
+                    group["lr"] = float(lrs[step])
+                x = self.backbone.encode_images(images.to(self.device, non_blocking=True))
+                labels = labels.to(self.device)
+                out = self.head(x, setup.text, setup.slices, setup.mask, method.mc_samples_train,
+                                regularize=regularize, template_mean=setup.template_mean, labels=labels)
+                ce = mc_cross_entropy(out.logits, labels)
+                loss = ce + method.kd_weight * out.kd + method.kl_weight * out.kl
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise TrainingDiverged(f"non-finite loss {value} at task {setup.task}, {phase} step {step}")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                stats.add(value, float(ce.detach()), float(out.kd.detach()), float(out.kl.detach()))
+                step += 1
+        for p in self.head.parameters():
+            p.requires_grad_(False)
+        return stats
+
+    @torch.no_grad()
+    def _update_memory(self, task: int, setup: TaskSetup) -> None:
+        """Shrink old classes to the new per-class budget and choose exemplars of the new ones (§10)."""
+        k = self.budget.per_class(setup.num_seen)
+        selector = get_selector(self.cfg.memory.selector)
+        indices = self.scenario.train_indices(task)
+        labels = np.asarray(self.scenario.train_targets)[indices]
+        features = probs = None
+        if selector.needs:
+            # The selectors look at clean images (test transform); the official code used the flipped
+            # training view here by accident (§10).
+            logits, feats = self._predict(self._loader(indices, self.backbone.preprocess, self.eval_batch_size,
+                                                       shuffle=False), setup, want_features=True)
+            features = feats.numpy() if "features" in selector.needs else None
+            probs = predictive_probs(logits.numpy()) if "probs" in selector.needs else None
+        candidates = inputs_by_class(indices, labels, features=features, probs=probs)
+        self.memory.update(candidates, k, selector, rng=np.random.default_rng([self.cfg.seeds.init, task]))
+
+    @torch.no_grad()
+    def _predict(self, loader: DataLoader, setup: TaskSetup, *, want_features: bool = False
+                 ) -> tuple[Tensor, Tensor | None]:
+        """Mean-over-samples logits [N, C_seen] (and image features [N, d]) of a loader, head in eval mode."""
+        self.head.eval()
+        logits, feats = [], []
+        for images, labels, _ in loader:
+            x = self.backbone.encode_images(images.to(self.device, non_blocking=True))
+            out = self.head(x, setup.text, setup.slices, setup.mask, self.cfg.method.mc_samples_eval)
+            logits.append(out.logits.mean(dim=0).float().cpu())
+            if want_features:
+                feats.append(x.float().cpu())
+        return torch.cat(logits), (torch.cat(feats) if want_features else None)
+
+    @torch.no_grad()
+    def evaluate(self, task: int, setup: TaskSetup) -> dict[str, Any]:
+        """Accuracy row, calibration and novelty detection after ``task`` (§13)."""
+        scenario = self.scenario
+        preprocess = self.backbone.preprocess
+        if self.cfg.eval.protocol == "per_task":
+            # One loader per task (official): each batch, hence each VGA context, holds one task's images.
+            parts = [self._predict(self._make_loader(scenario.task_dataset(j, "eval", preprocess),
+                                                     self.eval_batch_size, False), setup)[0]
+                     for j in range(task + 1)]
+            tasks = np.concatenate([np.full(len(p), j) for j, p in enumerate(parts)])
+            targets = np.concatenate([np.asarray(scenario.eval_targets)[scenario.eval_indices(j)]
+                                      for j in range(task + 1)])
+            logits = torch.cat(parts)
+        else:
+            # Mixed batches across all seen tasks, in a fixed shuffled order.
+            indices = np.concatenate([scenario.eval_indices(j) for j in range(task + 1)])
+            order = np.random.default_rng([self.cfg.seeds.init, task]).permutation(len(indices))
+            indices = indices[order]
+            subset = TaskSubset(scenario.eval_split, indices, scenario.label_map, preprocess)
+            logits = self._predict(self._make_loader(subset, self.eval_batch_size, False), setup)[0]
+            targets = np.asarray(scenario.eval_targets)[indices]
+            tasks = np.asarray(scenario.task_of_class)[targets]
+        future = None
+        if self.cfg.eval.phndd and task < self.num_tasks - 1:
+            future = torch.cat([self._predict(self._make_loader(scenario.task_dataset(j, "eval", preprocess),
+                                                                self.eval_batch_size, False), setup)[0]
+                                for j in range(task + 1, self.num_tasks)])
+        return step_metrics(logits, targets, tasks, task, setup.task_of_class, self._acc_rows,
+                            batch_size=self.eval_batch_size, ece_bins=self.cfg.eval.ece_bins, future_logits=future)
+
+    # ------------------------------------------------------------------------------------------------
+    # Bookkeeping
+
+    def trainable_parameter_count(self) -> int:
+        """Parameters the method learns: VGA plus every adapter (the frozen backbone excluded)."""
+        return sum(p.numel() for p in self.head.parameters())
+
+    def final_trainable_parameter_count(self) -> int:
+        """Trainable parameters once every task is learned: VGA plus the final number of adapters."""
+        vga = sum(p.numel() for p in self.head.vga.parameters()) if self.head.vga is not None else 0
+        adapters = self.num_tasks if self.head.task_specific else 1
+        probe = ProbabilisticAdapter(self.head.dim, layer_norm=self.head.layer_norm,
+                                     deterministic=self.head.deterministic)
+        return vga + adapters * sum(p.numel() for p in probe.parameters())
+
+    def _peak_memory_mb(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        # ru_maxrss is KiB on Linux, bytes on macOS: the process's peak resident set.
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return rss / (2**20 if sys.platform == "darwin" else 2**10)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue the run after ``tasks_done`` tasks."""
+        return {
+            "version": CHECKPOINT_VERSION,
+            "config_hash": self.cfg.config_hash(),
+            "tasks_done": self.tasks_done,
+            "num_adapters": len(self.head.adapters),
+            "head": {k: v.detach().cpu() for k, v in self.head.state_dict().items()},
+            "memory": self.memory.state_dict(),
+            "history": [r.to_dict() for r in self.history],
+            "accuracy_rows": [list(r) for r in self._acc_rows],
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise UserError(f"checkpoint version {state.get('version')!r} is not {CHECKPOINT_VERSION}")
+        if state["config_hash"] != self.cfg.config_hash():
+            raise UserError("checkpoint was written by a different configuration "
+                            f"(hash {state['config_hash']}, this run {self.cfg.config_hash()})")
+        setup = self.setup_task(max(state["tasks_done"] - 1, 0))
+        for task in range(state["num_adapters"] if self.head.task_specific else min(state["num_adapters"], 1)):
+            self.head.grow(task, setup.template_mean, setup.template_variance)
+        self.head.load_state_dict(state["head"])
+        self.memory = ExemplarMemory.from_state_dict(state["memory"])
+        self.history = [TaskResult.from_dict(r) for r in state["history"]]
+        self._acc_rows = [list(r) for r in state["accuracy_rows"]]
+        self.tasks_done = state["tasks_done"]
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+
+    def save(self, path: Path) -> None:
+        """Write a checkpoint atomically (temporary file, then rename)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(self.state_dict(), tmp)
+        tmp.replace(path)
+
+    def load(self, path: Path) -> None:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err:  # a truncated or foreign file: say which, never use it silently
+            raise UserError(f"{path}: not a readable checkpoint ({type(err).__name__})") from None
+        self.load_state_dict(state)

@@ -1,0 +1,168 @@
+"""The CLAP head: VGA + per-task probabilistic adapters + Monte-Carlo class embeddings (§1, §4 - §7, §14).
+
+Given L2-normalised image embeddings X [B, d] and base text features T [C, d] of the C classes seen so
+far (ordered task by task), one forward pass computes
+
+    H      = T + VGA(T, X)                                  [C, d]   ([B, C, d] with per-image context)
+    for every task i, over its class block C_i:
+      mu_i, sigma_i = adapter_i(H[C_i])
+      z^(m)         = mu_i + sigma_i * eps^(m)              [M, n_i, d]  (reparameterised; same draws for
+                                                                          every image of the batch)
+      W^(m)         = H[C_i] + z^(m)                        (not re-normalised, P11)
+      logits_i^(m)  = s * X W^(m)^T                         [M, B, n_i]
+    logits = concat_i logits_i                              [M, B, C]
+
+and, for the tasks asked for, the KL to the prior and the language-aware KD term (both unweighted). The
+deterministic "w/o VI" head uses W = H + mu (M = 1, no KL). The head knows nothing of prompts: any prompt
+variant supplies T.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from clapray.config import MethodConfig
+from clapray.errors import UserError
+from clapray.losses import kl_between_normals, kl_to_standard_normal, language_aware_kd
+from clapray.model.adapters import ProbabilisticAdapter, language_aware_init
+from clapray.model.vga import VisualGuidedAttention
+
+
+@dataclass
+class HeadOutput:
+    logits: Tensor  # [M, B, C]
+    kl: Tensor  # scalar: sum over the regularised tasks of KL_i (0 for the deterministic head)
+    kd: Tensor  # scalar: sum over the regularised tasks of L_KD,i
+
+
+def default_vga_heads(variant: str, deterministic: bool, dim: int) -> int:
+    """The official head counts (§4): hand-crafted 1, AttriCLIP 8, CoOp/MaPLe/w/o VI d/64."""
+    if variant == "attriclip":
+        return 8
+    if variant == "handcrafted" and not deterministic:
+        return 1
+    return max(1, dim // 64)
+
+
+def uses_adapter_layer_norm(variant: str, deterministic: bool) -> bool:
+    """CoOp, MaPLe and the deterministic variant put LayerNorm(d) before the adapter heads (§3.2, §14)."""
+    return deterministic or variant in ("coop", "maple", "cocoop")
+
+
+class ClapHead(nn.Module):
+    def __init__(self, dim: int, logit_scale: float, method: MethodConfig):
+        super().__init__()
+        vga = method.vga
+        heads = vga.heads or default_vga_heads(method.variant, method.deterministic, dim)
+        self.vga = (VisualGuidedAttention(dim, depth=vga.depth, heads=heads, ff_dim=vga.ff_dim, dropout=vga.dropout,
+                                          context=vga.context) if vga.enabled else None)
+        if method.prior == "data_driven" and (self.vga is None or vga.context != "batch"):
+            raise UserError("method.prior: data_driven needs method.vga.enabled and vga.context batch")
+        self.adapters = nn.ModuleList()
+        self.dim = dim
+        self.logit_scale = float(logit_scale)
+        self.deterministic = method.deterministic
+        self.task_specific = method.task_specific_adapters
+        self.layer_norm = uses_adapter_layer_norm(method.variant, method.deterministic)
+        self.prior = method.prior
+        self.prior_context_size = method.prior_context_size
+        self.language_init = method.language_init
+
+    # ------------------------------------------------------------------------------------------------
+    # Growth
+
+    def adapter_index(self, task: int) -> int:
+        return task if self.task_specific else 0
+
+    def grow(self, task: int, template_mean: Tensor, template_variance: Tensor) -> list[nn.Parameter]:
+        """Prepare task ``task``: add its adapter (or reuse the shared one) and initialise it.
+
+        The new adapter is initialised from the template statistics of all classes seen so far. With one
+        shared adapter the init runs only when it is created: re-initialising it at every task, as the
+        official code does, would wipe what it learned (P15). Returns the parameters trainable in main
+        training (the current adapter; VGA is added by the caller).
+        """
+        while len(self.adapters) <= self.adapter_index(task):
+            adapter = ProbabilisticAdapter(self.dim, layer_norm=self.layer_norm, deterministic=self.deterministic)
+            self.adapters.append(adapter.to(template_mean.device))
+            if self.language_init:
+                language_aware_init(adapter, template_mean, template_variance)
+        return list(self.adapters[self.adapter_index(task)].parameters())
+
+    def visual_guided(self, text: Tensor, images: Tensor, task_mask: Tensor) -> Tensor:
+        """H = T + VGA(T, X): [C, d], or [B, C, d] with per-image context; T itself without VGA."""
+        return text if self.vga is None else self.vga(text, images, task_mask)
+
+    # ------------------------------------------------------------------------------------------------
+    # Forward
+
+    def forward(self, images: Tensor, text: Tensor, task_slices: Sequence[tuple[int, int]], task_mask: Tensor,
+                n_samples: int, *, regularize: Sequence[int] = (), template_mean: Tensor | None = None,
+                labels: Tensor | None = None) -> HeadOutput:
+        """Logits [M, B, C] of the seen classes and the KL/KD terms of the tasks in ``regularize``.
+
+        Args:
+            images: [B, d] normalised image embeddings.
+            text: [C, d] base text features of the seen classes, task blocks in order.
+            task_slices: (start, end) of every seen task's block of classes in ``text``.
+            task_mask: [C, C] bool VGA self-attention mask.
+            n_samples: M (ignored by the deterministic head, which has M = 1).
+            regularize: task indices whose KL and KD terms are computed.
+            template_mean: [C, d] unnormalised template means, needed when KD or a language prior is used.
+            labels: [B] targets, used by the data-driven prior to pick its context images.
+        """
+        h = self.visual_guided(text, images, task_mask)  # [C, d] or [B, C, d]
+        per_image = h.dim() == 3
+        m = 1 if self.deterministic else n_samples
+        blocks, kl, kd = [], images.new_zeros(()), images.new_zeros(())
+        for task, (start, end) in enumerate(task_slices):
+            h_i = h[..., start:end, :]  # [n_i, d] or [B, n_i, d]
+            adapter = self.adapters[self.adapter_index(task)]
+            mu, sigma = adapter(h_i)
+            if sigma is None:
+                z = mu[None]  # [1, ..., n_i, d]
+            else:
+                eps = torch.randn((m, *mu.shape), device=mu.device, dtype=mu.dtype)
+                z = mu[None] + sigma[None] * eps  # [M, ..., n_i, d]
+            w = h_i[None] + z
+            if per_image:
+                blocks.append(self.logit_scale * torch.einsum("bd,mbnd->mbn", images, w))
+            else:
+                blocks.append(self.logit_scale * torch.einsum("bd,mnd->mbn", images, w))
+            if task in regularize:
+                if sigma is not None:
+                    kl = kl + self._kl(task, mu, sigma, start, end, images, text, task_mask, template_mean, labels)
+                if template_mean is not None:
+                    kd = kd + language_aware_kd(template_mean[start:end], z)
+        return HeadOutput(torch.cat(blocks, dim=-1), kl, kd)
+
+    def _kl(self, task: int, mu: Tensor, sigma: Tensor, start: int, end: int, images: Tensor, text: Tensor,
+            task_mask: Tensor, template_mean: Tensor | None, labels: Tensor | None) -> Tensor:
+        if self.prior == "standard":
+            return kl_to_standard_normal(mu, sigma)
+        adapter = self.adapters[self.adapter_index(task)]
+        if self.prior == "language_aware":
+            # p = adapter_i(mean_k p_{c,k}): the current adapter applied to the hand-crafted means (§6).
+            assert template_mean is not None, "the language-aware prior needs the template means"
+            prior_mu, prior_sigma = adapter(template_mean[start:end])
+            return kl_between_normals(mu, sigma, prior_mu, prior_sigma)
+        # Data-driven prior (--use-np-prior): the adapter applied to text features guided by context images
+        # only: the batch's images of this task's classes; a random share of the batch when they are the
+        # whole batch; N(0, I) when there are none (§6).
+        in_task = (labels >= start) & (labels < end) if labels is not None else images.new_zeros(0, dtype=torch.bool)
+        n_context = int(in_task.sum())
+        if n_context == 0:
+            return kl_to_standard_normal(mu, sigma)
+        if n_context == images.shape[0]:
+            keep = math.ceil(self.prior_context_size * images.shape[0])
+            context = images[torch.randperm(images.shape[0], device=images.device)[:keep]]
+        else:
+            context = images[in_task]
+        prior_h = self.visual_guided(text, context, task_mask)[start:end]
+        prior_mu, prior_sigma = adapter(prior_h)
+        return kl_between_normals(mu, sigma, prior_mu, prior_sigma)

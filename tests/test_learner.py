@@ -1,0 +1,208 @@
+"""The continual learner on tiny shapes scenarios: what trains when, memory, budget, resume, failures."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import sys
+import subprocess
+import torch
+
+from clapray.config import load_run_config
+from clapray.learner import ContinualLearner, TrainingDiverged
+from clapray.results import verify_consistency
+from clapray.run import default_config_path, main
+
+TINY = ["method.variant=handcrafted", "data.shapes.num_classes=8", "data.shapes.train_per_class=6",
+        "data.shapes.test_per_class=4", "data.num_tasks=4", "optim.epochs=1", "optim.batch_size=8",
+        "method.mc_samples_train=3", "method.mc_samples_eval=3", "method.vga.ff_dim=64",
+        "memory.policy=per_class", "memory.size=2"]
+
+
+def config(*overrides: str):
+    return load_run_config(default_config_path(), [*TINY, *overrides])
+
+
+def comparable(result) -> str:
+    """A task result without what legitimately differs between two identical runs (NaN-safe to compare)."""
+    data = result.to_dict()
+    data.pop("timings"), data.pop("peak_memory_mb")
+    return json.dumps(data, sort_keys=True)
+
+
+def params(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_old_adapters_do_not_change_in_main_training():
+    learner = ContinualLearner(config("method.consolidation.enabled=false"))
+    learner.learn_task(0)
+    adapter0, vga = params(learner.head.adapters[0]), params(learner.head.vga)
+    learner.learn_task(1)
+    assert same(adapter0, params(learner.head.adapters[0]))
+    assert not same(vga, params(learner.head.vga))  # VGA trains in every task
+    assert len(learner.head.adapters) == 2
+
+
+def test_consolidation_trains_old_adapters_and_freezes_vga():
+    learner = ContinualLearner(config())
+    learner.learn_task(0)
+    learner.learn_task(1)
+    adapter0, vga = params(learner.head.adapters[0]), params(learner.head.vga)
+    setup = learner.setup_task(1)
+    stats = learner._fit(learner.memory.indices(), setup, list(learner.head.adapters.parameters()),
+                         phase="consolidate", epochs=1, lr=0.01, warmup=False, regularize=(0, 1), train_vga=False)
+    assert stats.steps > 0
+    assert not same(adapter0, params(learner.head.adapters[0]))
+    assert same(vga, params(learner.head.vga))
+
+
+@pytest.mark.parametrize("policy, size, expected_per_task", [
+    ("per_class", 2, [2, 2, 2, 2]),
+    ("total", 6, [3, 1, 1, 0]),  # floor(6 / seen classes): 6/2, 6/4, 6/6, 6/8
+])
+def test_memory_follows_the_budget_policy_at_every_task(policy, size, expected_per_task):
+    cfg = config(f"memory.policy={policy}", f"memory.size={size}", "budget.max_steps_per_task=1",
+                 "method.consolidation.epochs=1")
+    learner = ContinualLearner(cfg)
+    for task, k in enumerate(expected_per_task):
+        learner.learn_task(task)
+        counts = learner.memory.class_counts()
+        seen = learner.scenario.task_bounds(task)[1]
+        assert sorted(counts) == list(range(seen)) if k else all(v == 0 for v in counts.values())
+        assert all(v == k for v in counts.values()), (task, counts)
+        assert learner.history[-1].extra["memory_size"] == k * seen
+
+
+@pytest.mark.parametrize("selector", ["first_k", "random", "herding", "entropy"])
+def test_every_selector_runs_in_the_learner(selector):
+    learner = ContinualLearner(config(f"memory.selector={selector}", "budget.max_steps_per_task=1"))
+    learner.learn_task(0)
+    indices = learner.memory.indices()
+    assert len(indices) == 4 and len(set(indices.tolist())) == 4
+    assert set(indices.tolist()) <= set(learner.scenario.train_indices(0).tolist())
+
+
+def test_replay_free_keeps_no_memory_and_skips_consolidation():
+    learner = ContinualLearner(config("budget.replay_free=true"))
+    for task in range(2):
+        learner.learn_task(task)
+    assert len(learner.memory) == 0
+    assert learner.history[-1].extra["n_consolidation_steps"] == 0
+    assert "consolidation" not in learner.history[-1].losses
+
+
+def test_compute_budget_caps_optimiser_steps():
+    learner = ContinualLearner(config("optim.epochs=3", "budget.max_steps_per_task=2"))
+    learner.learn_task(0)
+    assert learner.history[-1].extra["n_steps"] == 2
+    free = ContinualLearner(config("optim.epochs=3"))
+    free.learn_task(0)
+    assert free.history[-1].extra["n_steps"] == 3 * 2  # 12 images, batch 8 -> 2 steps per epoch
+
+
+def test_same_seeds_same_numbers_and_seeds_are_separate():
+    first = [comparable(r) for r in ContinualLearner(config()).run()]
+    second = [comparable(r) for r in ContinualLearner(config()).run()]
+    assert first == second
+    other_init = ContinualLearner(config("seeds.init=11"))
+    assert np.array_equal(other_init.scenario.class_order, ContinualLearner(config()).scenario.class_order)
+    other_order = ContinualLearner(config("seeds.class_order=3"))
+    assert not np.array_equal(other_order.scenario.class_order, other_init.scenario.class_order)
+    assert [comparable(r) for r in other_init.run()] != first
+
+
+def test_resume_after_task_two_equals_an_uninterrupted_run(tmp_path):
+    cfg = config()
+    uninterrupted = [comparable(r) for r in ContinualLearner(cfg).run()]
+    interrupted = ContinualLearner(cfg)
+    interrupted.learn_task(0)
+    interrupted.learn_task(1)
+    interrupted.save(tmp_path / "checkpoint.pt")
+    torch.manual_seed(1234)  # whatever happened in between must not matter
+    resumed = ContinualLearner(cfg)
+    resumed.load(tmp_path / "checkpoint.pt")
+    assert resumed.tasks_done == 2 and len(resumed.memory) == len(interrupted.memory)
+    assert [comparable(r) for r in resumed.run()] == uninterrupted
+
+
+def test_checkpoint_of_another_config_is_refused(tmp_path):
+    from clapray.errors import UserError
+
+    learner = ContinualLearner(config())
+    learner.learn_task(0)
+    learner.save(tmp_path / "c.pt")
+    with pytest.raises(UserError, match="different configuration"):
+        ContinualLearner(config("method.kd_weight=1")).load(tmp_path / "c.pt")
+    (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="not a readable checkpoint"):
+        learner.load(tmp_path / "broken.pt")
+
+
+def test_divergence_raises():
+    learner = ContinualLearner(config("optim.lr=1e6", "optim.epochs=3"))
+    with pytest.raises(TrainingDiverged, match="non-finite loss"):
+        learner.learn_task(0)
+
+
+def test_deterministic_variant_and_per_image_context_run():
+    for extra in (["method.deterministic=true"], ["method.vga.context=image", "eval.protocol=mixed"]):
+        results = ContinualLearner(config(*extra, "budget.max_steps_per_task=1")).run()
+        assert len(results) == 4 and all(np.isfinite(r.last_acc) for r in results)
+
+
+def run_cli(tmp_path, *extra: str) -> int:
+    return main(["--out", str(tmp_path), *sum((["--set", s] for s in [*TINY, *extra]), [])])
+
+
+def test_cli_writes_consistent_parquet_and_resumes_after_a_failure(tmp_path, monkeypatch, capsys):
+    reference = tmp_path / "reference"
+    assert run_cli(reference) == 0
+    # A run that fails at task 2 keeps tasks 0 and 1 and records the error ...
+    real = ContinualLearner.learn_task
+
+    def failing(self, task):
+        if task == 2:
+            raise RuntimeError("injected failure")
+        return real(self, task)
+
+    monkeypatch.setattr(ContinualLearner, "learn_task", failing)
+    store = tmp_path / "store"
+    with pytest.raises(RuntimeError, match="injected"):
+        run_cli(store)
+    runs = pd.read_parquet(store / "runs")
+    assert runs.loc[0, "status"] == "error" and "injected failure" in runs.loc[0, "error"]
+    assert sorted(pd.read_parquet(store / "tasks")["task"]) == [0, 1]
+    # ... and the same command continues from task 2 and ends where the uninterrupted run ended.
+    monkeypatch.setattr(ContinualLearner, "learn_task", real)
+    capsys.readouterr()
+    assert run_cli(store) == 0
+    assert "resuming" in capsys.readouterr().out
+    assert verify_consistency(store) == [] and verify_consistency(reference) == []
+    columns = ["task", "acc", "avg_acc", "bwt", "ece", "loss_train"]
+    got = pd.read_parquet(store / "tasks").sort_values("task")[columns].reset_index(drop=True)
+    want = pd.read_parquet(reference / "tasks").sort_values("task")[columns].reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, want)
+    final = pd.read_parquet(store / "runs")
+    assert final.loc[0, "status"] == "finished" and final.loc[0, "tasks_done"] == 4
+    accuracy = pd.read_parquet(store / "accuracy")
+    assert set(accuracy.columns) >= {"task", "eval_task", "acc"} and len(accuracy) == 10
+    # A finished run is not run again.
+    assert run_cli(store) == 0
+    assert "already finished" in capsys.readouterr().out
+
+
+def test_cli_records_divergence_as_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "clapray.run", "--out", str(tmp_path),
+                           *sum((["--set", s] for s in [*TINY, "optim.lr=1e6", "optim.epochs=3"]), [])],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "non-finite loss" in proc.stderr
+    runs = pd.read_parquet(tmp_path / "runs")
+    assert runs.loc[0, "status"] == "error" and "non-finite loss" in runs.loc[0, "error"]

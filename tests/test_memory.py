@@ -1,0 +1,434 @@
+"""Exemplar memory, its budget and the exemplar selectors (§10 of the method reference)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from clapray.config import EXEMPLAR_SELECTORS, MemoryConfig
+from clapray.data.memory import ExemplarMemory, MemoryBudget, resolve_budget
+from clapray.data.selectors import (
+    SelectionInputs,
+    entropy_of,
+    get_selector,
+    inputs_by_class,
+    list_selectors,
+    predictive_probs,
+    register_selector,
+)
+from clapray.errors import ConfigError, UserError
+
+CIFAR_TOTAL_2000 = [200, 100, 66, 50, 40, 33, 28, 25, 22, 20]
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def random_inputs(n: int, *, d: int = 8, c: int = 5, seed: int = 0, shuffled: bool = True) -> SelectionInputs:
+    """``n`` candidates with distinct, non-contiguous dataset indices (shuffled) and both input kinds."""
+    rng = np.random.default_rng(seed)
+    indices = np.sort(rng.choice(10 * n + 10, size=n, replace=False))
+    if shuffled:
+        indices = rng.permutation(indices)
+    features = rng.standard_normal((n, d))
+    features /= np.linalg.norm(features, axis=1, keepdims=True)
+    probs = predictive_probs(rng.standard_normal((3, n, c)) * 2)
+    return SelectionInputs(indices=indices, features=features, probs=probs)
+
+
+class FakeScenario:
+    """10 tasks x 10 classes over a shuffled training split with uneven class sizes.
+
+    Class ``c`` has ``30 + 7 * (c % 5)`` images except class 3, which has 12 (fewer than most budgets),
+    so "min(k, n_candidates)" is exercised. Features are a fixed random matrix ``[N, d]``.
+    """
+
+    def __init__(self, seed: int = 0, d: int = 6):
+        rng = np.random.default_rng(seed)
+        counts = [12 if c == 3 else 30 + 7 * (c % 5) for c in range(100)]
+        self.targets = rng.permutation(np.repeat(np.arange(100), counts))
+        self.features = rng.standard_normal((self.targets.shape[0], d))
+        self.features /= np.linalg.norm(self.features, axis=1, keepdims=True)
+
+    def classes_of_task(self, t: int) -> range:
+        return range(10 * t, 10 * t + 10)
+
+    def candidates(self, t: int) -> dict[int, np.ndarray]:
+        return {c: np.flatnonzero(self.targets == c) for c in self.classes_of_task(t)}
+
+
+def run_tasks(scenario: FakeScenario, budget: MemoryBudget, selector: str, seed: int = 0,
+              record: list | None = None) -> ExemplarMemory:
+    memory = ExemplarMemory()
+
+    def provide(c, indices, needs):
+        assert needs == {"features"}
+        return {"features": scenario.features[indices]}
+
+    for t in range(10):
+        k = budget.per_class(10 * (t + 1))
+        before = {c: memory.indices_of(c).copy() for c in memory.classes}
+        memory.update(scenario.candidates(t), k, selector, np.random.default_rng([seed, t]), provide=provide)
+        if record is not None:
+            record.append((t, k, before, ExemplarMemory.from_state_dict(memory.state_dict())))
+    return memory
+
+
+# --------------------------------------------------------------------------------------------------
+# Budget
+# --------------------------------------------------------------------------------------------------
+
+
+def test_total_budget_over_cifar_10x10():
+    budget = MemoryBudget("total", 2000)
+    per_class = [budget.per_class(10 * (t + 1)) for t in range(10)]
+    assert per_class == CIFAR_TOTAL_2000
+    assert all(budget.max_total(10 * (t + 1)) <= 2000 for t in range(10))
+    assert budget.max_total(30) == 66 * 30
+
+
+def test_per_class_budget_grows_the_total():
+    budget = MemoryBudget("per_class", 20)
+    assert [budget.per_class(10 * (t + 1)) for t in range(10)] == [20] * 10
+    assert [budget.max_total(10 * (t + 1)) for t in range(10)] == [200 * (t + 1) for t in range(10)]
+
+
+def test_budget_validation():
+    with pytest.raises(ValueError, match="policy"):
+        MemoryBudget("auto", 5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="size"):
+        MemoryBudget("total", -1)
+    with pytest.raises(ValueError, match="n_seen_classes"):
+        MemoryBudget("total", 10).per_class(0)
+    assert MemoryBudget("total", 5).per_class(10) == 0
+
+
+def test_auto_resolves_to_the_benchmark_default():
+    auto = MemoryConfig()
+    assert resolve_budget(auto, ("total", 2000)) == MemoryBudget("total", 2000)
+    assert resolve_budget(auto, ("per_class", 20)) == MemoryBudget("per_class", 20)
+    # A size given with auto keeps the benchmark's policy.
+    assert resolve_budget(MemoryConfig(size=500), ("total", 2000)) == MemoryBudget("total", 500)
+    assert resolve_budget(MemoryConfig(size=5), ("per_class", 20)) == MemoryBudget("per_class", 5)
+    # An explicit policy overrides the benchmark.
+    assert resolve_budget(MemoryConfig(policy="per_class", size=7), ("total", 2000)) == MemoryBudget("per_class", 7)
+    assert resolve_budget(MemoryConfig(policy="total", size=300), ("per_class", 20)) == MemoryBudget("total", 300)
+
+
+def test_explicit_policy_without_size_is_an_error():
+    with pytest.raises(ConfigError, match="memory|size"):
+        MemoryConfig(policy="total")
+    # resolve_budget checks on its own too (it accepts any object with policy/size).
+    with pytest.raises(UserError, match="memory.size.*total"):
+        resolve_budget(SimpleNamespace(policy="total", size=None), ("per_class", 20))
+    with pytest.raises(UserError, match="memory.policy"):
+        resolve_budget(SimpleNamespace(policy="sometimes", size=3), ("per_class", 20))
+
+
+def test_replay_free_budget_is_disabled():
+    budget = resolve_budget(MemoryConfig(), ("total", 2000), replay_free=True)
+    assert not budget.enabled and budget.per_class(10) == 0
+    assert resolve_budget(MemoryConfig(), ("total", 2000)).enabled
+    memory = ExemplarMemory()
+    memory.update({0: np.arange(5), 1: np.arange(5, 9)}, budget.per_class(2), "random", np.random.default_rng(0))
+    assert len(memory) == 0 and memory.indices().shape == (0,) and memory.labels().shape == (0,)
+    assert len(ExemplarMemory()) == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Memory over a scenario
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy,size", [("total", 2000), ("per_class", 20)])
+@pytest.mark.parametrize("selector", ["first_k", "random", "herding"])
+def test_memory_follows_the_budget_over_tasks(policy, size, selector):
+    scenario = FakeScenario()
+    budget = MemoryBudget(policy, size)
+    record: list = []
+    memory = run_tasks(scenario, budget, selector, record=record)
+    for t, k, before, snapshot in record:
+        assert snapshot.classes == tuple(range(10 * (t + 1)))
+        n_cand = {c: int((scenario.targets == c).sum()) for c in snapshot.classes}
+        assert snapshot.class_counts() == {c: min(k, n_cand[c]) for c in snapshot.classes}
+        assert len(snapshot) <= budget.max_total(10 * (t + 1))
+        for c in snapshot.classes:
+            stored = snapshot.indices_of(c)
+            assert np.unique(stored).size == stored.size
+            assert (scenario.targets[stored] == c).all()  # from the class's own candidates
+            if c in before:  # old classes keep the prefix of their previous selection
+                np.testing.assert_array_equal(stored, before[c][:k])
+        idx, lab = snapshot.indices(), snapshot.labels()
+        assert np.unique(idx).size == idx.size == len(snapshot)
+        np.testing.assert_array_equal(scenario.targets[idx], lab)
+        np.testing.assert_array_equal(lab, np.sort(lab))  # class order
+    if policy == "total":
+        assert memory.class_counts()[0] == 20 and memory.class_counts()[3] == 12
+
+
+def test_first_k_memory_matches_the_official_rule():
+    scenario = FakeScenario()
+    memory = run_tasks(scenario, MemoryBudget("total", 2000), "first_k")
+    for c in memory.classes:
+        np.testing.assert_array_equal(memory.indices_of(c), np.flatnonzero(scenario.targets == c)[:20])
+
+
+def test_update_with_precomputed_inputs_equals_provide():
+    scenario = FakeScenario()
+    cand = scenario.candidates(0)
+    all_idx = np.concatenate(list(cand.values()))
+    rng = np.random.default_rng(1)
+    order = rng.permutation(all_idx.size)  # one batched pass in any order
+    pre = inputs_by_class(all_idx[order], scenario.targets[all_idx[order]],
+                          features=scenario.features[all_idx[order]])
+    assert sorted(pre) == list(range(10))
+    a, b = ExemplarMemory(), ExemplarMemory()
+    a.update(pre, 15, "herding")
+    calls = []
+
+    def provide(c, indices, needs):
+        calls.append((c, needs))
+        return SelectionInputs(indices, features=scenario.features[indices])
+
+    b.update(cand, 15, "herding", provide=provide)
+    assert calls == [(c, frozenset({"features"})) for c in range(10)]
+    assert a == b
+
+
+def test_provide_is_only_called_when_needed():
+    def provide(c, indices, needs):
+        raise AssertionError("not needed")
+
+    memory = ExemplarMemory()
+    memory.update({0: np.arange(10)}, 3, "first_k", provide=provide)
+    memory.update({1: np.arange(10, 20)}, 0, "herding", provide=provide)  # k == 0 needs nothing
+    assert memory.class_counts() == {0: 0, 1: 0}
+
+
+def test_update_errors_leave_the_memory_unchanged():
+    memory = ExemplarMemory()
+    memory.update({0: np.arange(10)}, 5, "first_k")
+    state = memory.state_dict()
+    with pytest.raises(ValueError, match="already"):
+        memory.update({0: np.arange(10)}, 3, "first_k")
+    with pytest.raises(ValueError, match="features"):
+        memory.update({1: np.arange(10, 20)}, 3, "herding")
+    with pytest.raises(ValueError, match="k must be"):
+        memory.update({1: np.arange(10, 20)}, -1, "first_k")
+    with pytest.raises(ValueError, match="rng"):
+        memory.update({1: np.arange(10, 20)}, 3, "random")
+    with pytest.raises(ValueError, match="duplicates"):
+        memory.update({1: np.array([10, 11, 10])}, 3, "first_k")
+    with pytest.raises(UserError, match="unknown exemplar selector"):
+        memory.update({1: np.arange(10, 20)}, 3, "herd")
+    assert memory.state_dict() == state
+
+
+def test_random_choice_of_a_class_ignores_other_classes():
+    """Each class draws from its own child generator: how many candidates class 0 has (and so how much
+    randomness its draw consumes) leaves class 1's choice unchanged."""
+    chosen = []
+    for n0 in (3, 10, 20000):
+        memory = ExemplarMemory()
+        memory.update({0: np.arange(200, 200 + n0), 1: np.arange(100, 150)}, 5, "random",
+                      np.random.default_rng(3))
+        chosen.append(memory.indices_of(1).tolist())
+    assert chosen[0] == chosen[1] == chosen[2]
+
+
+def test_state_dict_round_trip():
+    scenario = FakeScenario()
+    memory = run_tasks(scenario, MemoryBudget("total", 2000), "random", seed=4)
+    state = memory.state_dict()
+    assert isinstance(state["classes"][0], int) and isinstance(state["indices"][0][0], int)
+    restored = ExemplarMemory.from_state_dict(json.loads(json.dumps(state)))
+    assert restored == memory and restored.state_dict() == state
+    for c in memory.classes:  # selection order, not only the set
+        np.testing.assert_array_equal(restored.indices_of(c), memory.indices_of(c))
+        assert restored.indices_of(c).dtype == np.int64
+    assert pickle.loads(pickle.dumps(memory)) == memory
+    other = ExemplarMemory.from_state_dict(state)
+    other.shrink(19)
+    assert other != memory
+    empty = ExemplarMemory.from_state_dict(ExemplarMemory().state_dict())
+    assert empty == ExemplarMemory() and len(empty) == 0
+    with pytest.raises(ValueError):
+        ExemplarMemory().load_state_dict({"classes": [1]})
+    with pytest.raises(ValueError, match="distinct"):
+        ExemplarMemory().load_state_dict({"version": 1, "classes": [1], "indices": [[4, 4]]})
+
+
+def test_stored_arrays_are_read_only_copies():
+    candidates = np.arange(10)
+    memory = ExemplarMemory()
+    memory.update({0: candidates}, 4, "first_k")
+    candidates[:] = 99
+    np.testing.assert_array_equal(memory.indices_of(0), [0, 1, 2, 3])
+    with pytest.raises(ValueError):
+        memory.indices_of(0)[0] = 5
+
+
+# --------------------------------------------------------------------------------------------------
+# Selectors: the contract, for every registered entry
+# --------------------------------------------------------------------------------------------------
+
+
+def test_config_choices_are_registered():
+    assert set(EXEMPLAR_SELECTORS) <= set(list_selectors())
+
+
+@pytest.mark.parametrize("name", list_selectors())
+def test_selector_contract(name):
+    selector = get_selector(name)
+    assert selector.needs <= {"features", "probs"}
+    inputs = random_inputs(40)
+    for k in (1, 7, 39, 40, 100):
+        pos = selector(k, inputs, np.random.default_rng(5))
+        assert pos.dtype == np.int64 and pos.shape == (min(k, 40),)
+        assert np.unique(pos).size == pos.size and pos.min() >= 0 and pos.max() < 40
+        np.testing.assert_array_equal(pos, selector(k, inputs, np.random.default_rng(5)))  # deterministic
+    assert selector(0, inputs, np.random.default_rng(5)).shape == (0,)
+    assert selector(3, random_inputs(0), np.random.default_rng(5)).shape == (0,)
+    # Selection order: the first k of a larger selection may differ, but k >= n covers everything.
+    assert sorted(selector(40, inputs, np.random.default_rng(5)).tolist()) == list(range(40))
+    with pytest.raises(ValueError, match="k must be"):
+        selector(-1, inputs, np.random.default_rng(5))
+    with pytest.raises(ValueError, match="k must be"):
+        selector(2.0, inputs, np.random.default_rng(5))  # type: ignore[arg-type]
+    bare = SelectionInputs(indices=inputs.indices)
+    if selector.needs:
+        with pytest.raises(ValueError, match="needs"):
+            selector(3, bare, np.random.default_rng(5))
+    else:
+        assert selector(3, bare, np.random.default_rng(5)).shape == (3,)
+
+
+def test_registry():
+    assert {"first_k", "random", "herding", "entropy"} <= set(list_selectors())
+    with pytest.raises(UserError, match=r"unknown exemplar selector 'herdng' \(did you mean herding\?\); known: "):
+        get_selector("herdng")
+    with pytest.raises(ValueError, match="registered twice"):
+        register_selector("first_k")(lambda k, inputs, rng: np.arange(k))
+    with pytest.raises(ValueError, match="subset"):
+        register_selector("needs_logits", needs=("logits",))
+    assert get_selector(get_selector("random")) is get_selector("random")
+
+
+def test_inputs_are_validated():
+    with pytest.raises(ValueError, match="features must have shape"):
+        SelectionInputs(np.arange(4), features=np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="features must have shape"):
+        SelectionInputs(np.arange(4), features=np.zeros(4))
+    with pytest.raises(ValueError, match="probs must have shape"):
+        SelectionInputs(np.arange(4), probs=np.full((5, 2), 0.5))
+    with pytest.raises(ValueError, match="probs must be probabilities"):
+        SelectionInputs(np.arange(4), probs=np.random.default_rng(0).standard_normal((4, 3)))
+    with pytest.raises(ValueError, match="NaN"):
+        SelectionInputs(np.arange(2), features=np.array([[0.0], [np.nan]]))
+    with pytest.raises(ValueError, match="1-D"):
+        SelectionInputs(np.zeros((2, 2), dtype=np.int64))
+    with pytest.raises(ValueError, match="integers"):
+        SelectionInputs(np.array([0.5, 1.5]))
+
+
+def test_torch_inputs_are_accepted():
+    torch = pytest.importorskip("torch")
+    feats = torch.nn.functional.normalize(torch.randn(12, 4), dim=1).to(torch.bfloat16)
+    inputs = SelectionInputs(torch.arange(12), features=feats, probs=torch.softmax(torch.randn(12, 3), 1))
+    assert inputs.indices.dtype == np.int64 and inputs.features.dtype == np.float32
+    assert get_selector("herding")(5, inputs).shape == (5,)
+
+
+# --------------------------------------------------------------------------------------------------
+# Selectors: each rule
+# --------------------------------------------------------------------------------------------------
+
+
+def test_first_k_is_the_dataset_order_prefix():
+    inputs = random_inputs(30)  # shuffled candidates: dataset order is not the given order
+    pos = get_selector("first_k")(10, inputs)
+    np.testing.assert_array_equal(inputs.indices[pos], np.sort(inputs.indices)[:10])
+    sorted_inputs = SelectionInputs(np.arange(100, 130))
+    np.testing.assert_array_equal(get_selector("first_k")(10, sorted_inputs), np.arange(10))
+
+
+def test_random_is_seeded_and_not_first_k():
+    select = get_selector("random")
+    inputs = SelectionInputs(np.arange(200))
+    a = select(20, inputs, np.random.default_rng(0))
+    b = select(20, inputs, np.random.default_rng(1))
+    assert not np.array_equal(a, b) and set(a.tolist()) != set(b.tolist())
+    assert set(a.tolist()) != set(range(20))
+    np.testing.assert_array_equal(a, select(20, inputs, np.random.default_rng(0)))
+    # Depends on the candidate set and the generator only, not on the order candidates are listed in.
+    shuffled = SelectionInputs(np.random.default_rng(9).permutation(200))
+    np.testing.assert_array_equal(shuffled.indices[select(20, shuffled, np.random.default_rng(0))], a)
+
+
+def reference_herding(features: np.ndarray, k: int) -> list[int]:
+    """iCaRL herding written as directly as possible: try every unused candidate at every step."""
+    x = features / np.linalg.norm(features, axis=1, keepdims=True)
+    mu = x.mean(axis=0)
+    chosen: list[int] = []
+    for _ in range(min(k, len(x))):
+        best, best_dist = -1, np.inf
+        for i in range(len(x)):
+            if i in chosen:
+                continue
+            mean = (x[chosen].sum(axis=0) + x[i]) / (len(chosen) + 1)
+            dist = float(np.linalg.norm(mu - mean))
+            if dist < best_dist:
+                best, best_dist = i, dist
+        chosen.append(best)
+    return chosen
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_herding_matches_the_reference(seed):
+    rng = np.random.default_rng(seed)
+    # Unnormalised, with a shared direction (as real embeddings of one class have): herding normalises.
+    features = rng.standard_normal(16) + rng.standard_normal((60, 16)) * rng.uniform(0.5, 3.0, size=(60, 1))
+    inputs = SelectionInputs(np.arange(60), features=features)
+    got = get_selector("herding")(25, inputs)
+    assert got.tolist() == reference_herding(features, 25)
+    x = features / np.linalg.norm(features, axis=1, keepdims=True)
+    assert got[0] == int(np.argmin(np.linalg.norm(x - x.mean(axis=0), axis=1)))  # closest to the mean
+    full = get_selector("herding")(100, inputs)
+    assert full.tolist()[:25] == got.tolist() and sorted(full.tolist()) == list(range(60))
+
+
+def test_entropy_picks_the_most_uncertain():
+    probs = np.array([
+        [1.0, 0.0, 0.0],  # 0: entropy 0
+        [1 / 3, 1 / 3, 1 / 3],  # 1: maximal
+        [0.5, 0.5, 0.0],  # 2: log 2
+        [0.9, 0.05, 0.05],  # 3: low
+        [0.0, 0.5, 0.5],  # 4: log 2, same as 2
+        [0.34, 0.33, 0.33],  # 5: just below 1
+    ])
+    np.testing.assert_allclose(entropy_of(probs)[[0, 1, 2]], [0.0, np.log(3), np.log(2)])
+    select = get_selector("entropy")
+    inputs = SelectionInputs(np.array([50, 10, 40, 30, 20, 60]), probs=probs)
+    # Ties (positions 2 and 4, both log 2) keep dataset order: index 20 (position 4) before 40.
+    assert select(4, inputs).tolist() == [1, 5, 4, 2]
+    assert select(6, inputs).tolist() == [1, 5, 4, 2, 3, 0]
+
+
+def test_predictive_probs():
+    logits = np.random.default_rng(0).standard_normal((4, 7, 3)) * 5
+    mean_logits = predictive_probs(logits)
+    z = logits.mean(axis=0)
+    np.testing.assert_allclose(mean_logits, np.exp(z) / np.exp(z).sum(axis=1, keepdims=True))
+    mean_probs = predictive_probs(logits, reduce="mean_probs")
+    e = np.exp(logits)
+    np.testing.assert_allclose(mean_probs, (e / e.sum(axis=2, keepdims=True)).mean(axis=0))
+    np.testing.assert_allclose(predictive_probs(logits[0]), predictive_probs(logits[:1]))
+    assert not np.allclose(mean_logits, mean_probs)
+    with pytest.raises(ValueError, match="shape"):
+        predictive_probs(np.zeros(3))

@@ -54,6 +54,29 @@ CHECKPOINT_VERSION = 1
 LEARNED_VARIANTS = ("handcrafted",)
 
 
+class ShardedShuffle(torch.utils.data.Sampler):
+    """One rank's share of a shuffle that every rank draws identically (seed, epoch).
+
+    Shares are equal (the last ``n % world`` shuffled items of an epoch are left out), so every rank
+    makes the same number of steps and the gradient all-reduce never waits for a missing rank.
+    """
+
+    def __init__(self, n: int, seed: int, rank: int, world_size: int):
+        self.n, self.seed, self.rank, self.world_size = n, seed, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        usable = self.n - self.n % self.world_size
+        return iter(order[:usable][self.rank::self.world_size].tolist())
+
+    def __len__(self) -> int:
+        return self.n // self.world_size
+
+
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or infinite; the run ends with status ``error`` and this message."""
 
@@ -137,6 +160,12 @@ class ContinualLearner:
         self.history: list[TaskResult] = []
         self._acc_rows: list[list[float]] = []
         self._train_tf = train_transform(self.backbone.preprocess)
+        # Data-parallel training when a process group is up (Ray Train workers): every rank draws the
+        # same shuffle, takes its equal share of it and all-reduces the gradients, so one optimiser step
+        # sees the global batch. Evaluation and memory selection run identically on every rank.
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.rank = torch.distributed.get_rank() if distributed else 0
+        self.world_size = torch.distributed.get_world_size() if distributed else 1
 
     # ------------------------------------------------------------------------------------------------
     # The task loop
@@ -240,8 +269,15 @@ class ContinualLearner:
         stats = PhaseStats()
         if len(indices) == 0 or not params:
             return stats
-        generator = torch.Generator().manual_seed(derive_seed(self.cfg.seeds.init, setup.task, phase, "shuffle"))
-        loader = self._loader(indices, self._train_tf, self.batch_size, shuffle=True, generator=generator)
+        shuffle_seed = derive_seed(self.cfg.seeds.init, setup.task, phase, "shuffle")
+        if self.world_size == 1:
+            loader = self._loader(indices, self._train_tf, self.batch_size, shuffle=True,
+                                  generator=torch.Generator().manual_seed(shuffle_seed))
+        else:
+            sampler = ShardedShuffle(len(indices), shuffle_seed, self.rank, self.world_size)
+            subset = TaskSubset(self.scenario.benchmark.train, indices, self.scenario.label_map, self._train_tf)
+            loader = DataLoader(subset, batch_size=max(1, self.batch_size // self.world_size), sampler=sampler,
+                                num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda")
         steps_per_epoch = len(loader)
         total = epochs * steps_per_epoch
         if self.cfg.budget.max_steps_per_task is not None:
@@ -259,8 +295,11 @@ class ContinualLearner:
         if self.head.vga is not None and not train_vga:
             self.head.vga.eval()  # consolidation: VGA frozen, no dropout (§11)
         method = self.cfg.method
-        step = 0
+        step, epoch = 0, 0
         while step < total:
+            if isinstance(loader.sampler, ShardedShuffle):
+                loader.sampler.set_epoch(epoch)
+            epoch += 1
             for images, labels, _ in loader:
                 if step >= total:
                     break
@@ -273,16 +312,34 @@ class ContinualLearner:
                 ce = mc_cross_entropy(out.logits, labels)
                 loss = ce + method.kd_weight * out.kd + method.kl_weight * out.kl
                 value = float(loss.detach())
-                if not math.isfinite(value):
+                if not self._all_finite(value):
                     raise TrainingDiverged(f"non-finite loss {value} at task {setup.task}, {phase} step {step}")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                self._all_reduce_gradients(params)
                 optimizer.step()
                 stats.add(value, float(ce.detach()), float(out.kd.detach()), float(out.kl.detach()))
                 step += 1
         for p in self.head.parameters():
             p.requires_grad_(False)
         return stats
+
+    def _all_finite(self, value: float) -> bool:
+        """Whether the loss is finite on every rank (one decision for all, so no rank waits alone)."""
+        finite = math.isfinite(value)
+        if self.world_size == 1:
+            return finite
+        flag = torch.tensor([0.0 if finite else 1.0], device=self.device)
+        torch.distributed.all_reduce(flag)
+        return flag.item() == 0.0
+
+    def _all_reduce_gradients(self, params: Sequence[torch.nn.Parameter]) -> None:
+        if self.world_size == 1:
+            return
+        for p in params:
+            if p.grad is not None:
+                torch.distributed.all_reduce(p.grad)
+                p.grad /= self.world_size
 
     @torch.no_grad()
     def _update_memory(self, task: int, setup: TaskSetup) -> None:

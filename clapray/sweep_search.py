@@ -1,0 +1,201 @@
+"""How a sweep chooses and stops trials: one Optuna search and one ASHA per cell, inside one Ray Tune run.
+
+Cells (e.g. variant x setting) are separate experiments: a configuration is only ever compared with
+configurations of its own cell. Running one Tuner per cell would leave GPUs idle while the last cell
+finishes, so a single Tuner runs every cell concurrently and these two objects route each trial to its
+cell's own searcher and scheduler:
+
+* :class:`CellSearch` keeps one Ray Tune ``OptunaSearch`` per cell (conditional define-by-run space,
+  seeded TPE / random / grid sampler). It interleaves the cells so each gets the same trial budget and
+  runs each sampled configuration once per seed; Optuna is told the mean over seeds of the final metric,
+  PRUNED when any seed was stopped early, FAIL when one failed.
+* :class:`PerCellASHA` keeps one ASHA per cell, with task boundaries as rungs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+from clapray.sweep_config import Distribution, SweepConfig
+
+OBJECTIVE = "objective"  # the name under which a configuration's seed-mean metric is told to Optuna
+
+
+class CellSpace:
+    """Define-by-run search space of one cell (module level, so Tune can pickle it with the searcher)."""
+
+    def __init__(self, sweep: SweepConfig, cell_name: str):
+        self.sweep = sweep
+        self.cell_name = cell_name
+
+    def __call__(self, trial: optuna.Trial) -> None:
+        cell = self.sweep.cell(self.cell_name)
+        sampled: dict[str, Any] = {}
+        for name, dist in self.sweep.active_space(cell).items():
+            if not self.sweep.is_active(name, cell, sampled):
+                continue
+            sampled[name] = suggest(trial, name, dist)
+
+
+def suggest(trial: optuna.Trial, name: str, dist: Distribution) -> Any:
+    if dist.kind == "choice":
+        return trial.suggest_categorical(name, list(dist.choices))
+    if dist.kind == "int":
+        return trial.suggest_int(name, int(dist.low), int(dist.high), step=int(dist.step or 1), log=dist.log)
+    return trial.suggest_float(name, float(dist.low), float(dist.high), step=dist.step, log=dist.log)
+
+
+def make_sampler(sweep: SweepConfig, cell_index: int, cell_name: str) -> optuna.samplers.BaseSampler:
+    """The cell's sampler, seeded from the sweep seed and the cell's position."""
+    seed = sweep.search.seed * 1000 + cell_index
+    if sweep.search.algorithm == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if sweep.search.algorithm == "grid":
+        # BruteForce enumerates conditional spaces exactly (GridSampler cannot express `when:`).
+        return optuna.samplers.BruteForceSampler(seed=seed)
+    trials = sweep.trials_for(sweep.cell(cell_name))
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, trials // 2)))
+
+
+@dataclass
+class _Configuration:
+    """One sampled configuration of a cell and the trials running it, one per seed."""
+
+    key: str
+    cell: str
+    params: dict[str, Any]
+    seeds_left: list[int]
+    outcomes: dict[int, float | None] = field(default_factory=dict)  # seed -> final metric, None = stopped
+    failed: bool = False
+
+
+class CellSearch(Searcher):
+    """Interleave per-cell Optuna searches; repeat every configuration for every seed."""
+
+    def __init__(self, sweep: SweepConfig, *, num_tasks: dict[str, int]):
+        super().__init__(metric=sweep.search.metric, mode=sweep.search.mode)
+        self.sweep = sweep
+        self.num_tasks = num_tasks  # cell -> tasks of its scenario, to tell complete from stopped trials
+        self.cell_names = [c.name for c in sweep.cells()]
+        self.searchers: dict[str, OptunaSearch] = {}
+        for index, name in enumerate(self.cell_names):
+            if sweep.active_space(sweep.cell(name)):
+                self.searchers[name] = OptunaSearch(space=CellSpace(sweep, name), metric=OBJECTIVE,
+                                                    mode=sweep.search.mode,
+                                                    sampler=make_sampler(sweep, index, name))
+        self.configs_started = {name: 0 for name in self.cell_names}
+        self.trials_started = {name: 0 for name in self.cell_names}
+        self.open: dict[str, _Configuration | None] = {name: None for name in self.cell_names}
+        self.configurations: dict[str, _Configuration] = {}
+        self.trial_configuration: dict[str, tuple[str, int]] = {}
+
+    def quota(self, cell: str) -> int:
+        return self.sweep.trials_for(cell) * len(self.sweep.seeds)
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        open_cells = [n for n in self.cell_names if self.trials_started[n] < self.quota(n)]
+        if not open_cells:
+            return Searcher.FINISHED
+        cell = min(open_cells, key=lambda n: (self.trials_started[n], self.cell_names.index(n)))
+        conf = self.open[cell]
+        if conf is None or not conf.seeds_left:
+            index = self.configs_started[cell]
+            key = f"{cell}#{index}"
+            params = self.searchers[cell].suggest(key) if cell in self.searchers else {}
+            if params is None or params == Searcher.FINISHED:
+                return None
+            conf = _Configuration(key=key, cell=cell, params=dict(params), seeds_left=list(self.sweep.seeds))
+            self.configurations[key] = conf
+            self.open[cell] = conf
+            self.configs_started[cell] += 1
+        seed = conf.seeds_left.pop(0)
+        self.trials_started[cell] += 1
+        self.trial_configuration[trial_id] = (conf.key, seed)
+        run_config = self.sweep.run_config_for(cell, conf.params, seed)
+        return {"cell": cell, "configuration": conf.key, "seed": seed, "params": conf.params,
+                "run": run_config.to_dict()}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """Intermediate results drive ASHA, not Optuna: the objective is the seed mean at the end."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id not in self.trial_configuration:
+            return
+        key, seed = self.trial_configuration[trial_id]
+        conf = self.configurations[key]
+        finished = (result is not None and not result.get("diverged", False)
+                    and result.get("tasks_done", 0) >= self.num_tasks[conf.cell])
+        conf.failed |= error or bool(result and result.get("diverged", False))
+        value = result.get(self.sweep.search.metric) if finished and result else None
+        conf.outcomes[seed] = float(value) if value is not None and math.isfinite(value) else None
+        if len(conf.outcomes) < len(self.sweep.seeds) or conf.cell not in self.searchers:
+            return
+        searcher = self.searchers[conf.cell]
+        values = list(conf.outcomes.values())
+        if conf.failed:
+            searcher.on_trial_complete(key, None, error=True)
+        elif any(v is None for v in values):
+            searcher.on_trial_complete(key, None, error=False)  # PRUNED: stopped early by ASHA
+        else:
+            searcher.on_trial_complete(key, {OBJECTIVE: sum(values) / len(values)})
+
+    def save(self, checkpoint_path: str) -> None:
+        import pickle
+
+        with open(checkpoint_path, "wb") as fh:
+            pickle.dump(self.__dict__, fh)
+
+    def restore(self, checkpoint_path: str) -> None:
+        import pickle
+
+        with open(checkpoint_path, "rb") as fh:
+            self.__dict__.update(pickle.load(fh))
+
+
+class PerCellASHA(FIFOScheduler):
+    """Asynchronous successive halving within each cell; rungs are task boundaries (``tasks_done``)."""
+
+    def __init__(self, sweep: SweepConfig, *, num_tasks: dict[str, int]):
+        super().__init__()
+        asha = sweep.scheduler
+        self.schedulers: dict[str, ASHAScheduler] = {}
+        for cell in sweep.cells():
+            # max_t one past the last task: a trial reaching the last task ends by itself, so Ray Train
+            # shuts down gracefully instead of being killed at the final rung.
+            self.schedulers[cell.name] = ASHAScheduler(
+                time_attr="tasks_done", metric=sweep.search.metric, mode=sweep.search.mode,
+                max_t=num_tasks[cell.name] + 1, grace_period=min(asha.grace_tasks, num_tasks[cell.name]),
+                reduction_factor=asha.reduction_factor)
+
+    def _of(self, trial) -> ASHAScheduler:
+        return self.schedulers[trial.config["cell"]]
+
+    def set_search_properties(self, metric, mode, **spec) -> bool:
+        return True
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        self._of(trial).on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if result.get("diverged"):
+            return TrialScheduler.STOP
+        return self._of(trial).on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        self._of(trial).on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller, trial) -> None:
+        self._of(trial).on_trial_remove(tune_controller, trial)
+
+    def on_trial_error(self, tune_controller, trial) -> None:
+        self._of(trial).on_trial_error(tune_controller, trial)
+
+    def debug_string(self) -> str:
+        return "; ".join(f"{name}: {s.debug_string()}" for name, s in self.schedulers.items())

@@ -1,0 +1,139 @@
+"""One sweep trial: a Ray Tune function trainable that runs the learner in a Ray Train ``TorchTrainer``.
+
+``trial_driver`` is the Tune trial (it holds no data; on a cluster it runs on the head through the
+``train_driver`` resource). It starts a ``TorchTrainer`` whose workers run ``train_worker``: the
+learner's task loop with a checkpoint and a report after every task. Rank 0 writes the trial's rows to
+the Parquet store before reporting, with deterministic file names, so a retried task overwrites its rows.
+A failed worker group is restarted by Ray Train from the last task's checkpoint; a failed trial driver is
+restarted by Ray Tune and finds the same Train run (its name is derived from the trial id), so it resumes
+from the same checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import ray.tune
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from clapray.config import RunConfig, from_mapping
+
+# Fault injection for tests and drills: "TASK:MARKER" makes the worker raise right after finishing task
+# TASK, once (the marker file records that it happened), e.g. CLAPRAY_FAIL_AFTER_TASK=2:/tmp/failed-once.
+FAIL_AFTER_TASK_ENV = "CLAPRAY_FAIL_AFTER_TASK"
+
+
+class InjectedFailure(RuntimeError):
+    """Raised once by :func:`maybe_inject_failure` to exercise retries."""
+
+
+def maybe_inject_failure(task: int, trial_key: str) -> None:
+    spec = os.environ.get(FAIL_AFTER_TASK_ENV)
+    if not spec:
+        return
+    at, _, marker_dir = spec.partition(":")
+    marker = Path(marker_dir) / f"failed-{trial_key}"
+    if int(at) == task and not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("1")
+        raise InjectedFailure(f"injected failure after task {task}")
+
+
+def task_metrics(result, num_tasks: int) -> dict[str, Any]:
+    """What Tune, ASHA and the searcher see after a task (rank 0's numbers)."""
+    phndd = result.phndd
+    return {
+        "task": result.task, "tasks_done": result.task + 1, "num_tasks": num_tasks,
+        "acc": result.last_acc, "last_acc": result.last_acc, "avg_acc": result.avg_acc,
+        "bwt": result.bwt if math.isfinite(result.bwt) else 0.0, "ece": result.ece,
+        "ece_per_batch": result.ece_per_batch,
+        "phndd_auroc": phndd.auroc if phndd else float("nan"),
+        "task_wall_s": result.timings.get("total", float("nan")), "diverged": False,
+    }
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker: the learner's remaining tasks, reporting after each."""
+    from clapray.learner import ContinualLearner, TrainingDiverged
+    from clapray.results import RunWriter
+
+    import torch
+
+    # One intra-op thread per CPU the worker was given: the default (all cores) oversubscribes a node
+    # running several trials and can make a CPU trial 20x slower.
+    torch.set_num_threads(max(1, int(loop_config["cpus_per_worker"])))
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    cfg: RunConfig = from_mapping(RunConfig, loop_config["run"], f"trial {loop_config['trial_id']}")
+    device = ray.train.torch.get_device()
+    learner = ContinualLearner(cfg, device=device)
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            learner.load(Path(folder) / "learner.pt")
+    writer = None
+    if rank == 0:
+        writer = RunWriter(loop_config["store"], loop_config["run_id"], cfg, ids=loop_config["ids"],
+                           dataset_fingerprint=learner.scenario.benchmark.fingerprint(),
+                           extra={"trainable_params": learner.final_trainable_parameter_count(),
+                                  "used_feature_cache": False})
+    start = time.perf_counter()
+    for task in range(learner.tasks_done, learner.num_tasks):
+        try:
+            result = learner.learn_task(task)
+        except TrainingDiverged as err:
+            # Deterministic: retrying would diverge again. Record it and end the trial.
+            if writer is not None:
+                writer.mark("error", str(err))
+            ray.train.report({"tasks_done": task, "diverged": True, "num_tasks": learner.num_tasks,
+                              loop_config["metric"]: float("nan")})
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            report_checkpoint = None
+            if writer is not None:
+                gpu_s = (time.perf_counter() - start) if device.type == "cuda" else None
+                writer.write_task(result, learner.history, gpu_s=gpu_s)
+                learner.save(Path(folder) / "learner.pt")
+                report_checkpoint = ray.train.Checkpoint.from_directory(folder)
+            ray.train.report(task_metrics(result, learner.num_tasks), checkpoint=report_checkpoint,
+                             checkpoint_dir_name=f"task_{task:03d}")
+        maybe_inject_failure(task, loop_config["run_id"])
+
+
+def trial_driver(config: dict[str, Any]) -> None:
+    """The Tune trial: build and fit the trial's TorchTrainer."""
+    trial_id = ray.tune.get_context().get_trial_id()
+    spec = config["trainer"]
+    run_id = f"trial-{trial_id}"
+    loop_config = {
+        "run": config["run"], "trial_id": trial_id, "run_id": run_id, "store": spec["store"],
+        "metric": spec["metric"], "cpus_per_worker": spec["cpus_per_worker"],
+        "ids": {"sweep": spec["sweep"], "cell": config["cell"], "trial_id": trial_id, "seed": int(config["seed"]),
+                "configuration": config["configuration"]},
+    }
+    use_gpu = spec["gpus_per_worker"] > 0
+    resources = {"CPU": spec["cpus_per_worker"]}
+    if use_gpu:
+        resources["GPU"] = spec["gpus_per_worker"]
+    trainer = ray.train.torch.TorchTrainer(
+        train_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(num_workers=spec["workers_per_trial"], use_gpu=use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            # Deterministic name: a restarted trial finds its Train run and resumes from its checkpoint.
+            name=f"train-{trial_id}",
+            storage_path=spec["train_storage"],
+            failure_config=ray.train.FailureConfig(max_failures=spec["retries"]),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=[TuneReportCallback()],
+        ),
+    )
+    trainer.fit()

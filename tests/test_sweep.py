@@ -1,0 +1,88 @@
+"""The sweep end to end on a local Ray: Parquet results, failure and retry, resume, dry runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clapray.config import RunConfig, from_mapping
+from clapray.results import verify_consistency
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEPS = sorted((REPO / "sweeps").glob("*.yaml"))
+
+
+def sweep_cli(*args: str, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "clapray.sweep", *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
+def test_every_shipped_sweep_dry_runs(path):
+    proc = sweep_cli(str(path.relative_to(REPO)), "--dry-run", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "total:" in proc.stdout and "cells (" in proc.stdout
+    assert "ray" not in proc.stderr.lower() or "Traceback" not in proc.stderr
+
+
+def test_bad_sweep_exits_2_with_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nbase: quickstart\ngrid:\n  method.vga.depht: [1, 2]\n")
+    proc = sweep_cli(str(bad), "--dry-run", timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "grid.method.vga.depht" in proc.stderr
+
+
+SMALL = ["set.data.shapes.num_classes=6", "set.data.shapes.train_per_class=8", "set.data.shapes.test_per_class=4",
+         "set.data.num_tasks=3", "set.optim.batch_size=8", "search.trials_per_cell=1",
+         "set.method.vga.ff_dim=64"]
+
+
+def test_sweep_survives_a_failed_trial_resumes_and_matches_a_plain_run(tmp_path):
+    """An injected failure after task 1 of every trial: Train resumes each from its checkpoint; the
+    store ends complete and unduplicated, and its numbers equal a plain in-process run of the same config.
+    Running the command again starts no new trial."""
+    overrides = sum((["--set", s] for s in SMALL), [])
+    env = {"CLAPRAY_FAIL_AFTER_TASK": f"1:{tmp_path / 'markers'}", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+    proc = sweep_cli("sweeps/quickstart.yaml", "--storage", str(tmp_path / "store"), *overrides, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert len(list((tmp_path / "markers").iterdir())) == 2  # each trial failed once
+    root = tmp_path / "store" / "quickstart"
+    runs = pd.read_parquet(root / "runs")
+    tasks = pd.read_parquet(root / "tasks")
+    accuracy = pd.read_parquet(root / "accuracy")
+    assert len(runs) == 2 and set(runs["status"]) == {"finished"}
+    assert set(runs["cell"]) == {"setting=standard", "setting=replay_free"}
+    assert len(tasks) == 2 * 3 and not tasks.duplicated(["run_id", "task"]).any()
+    assert len(accuracy) == 2 * (1 + 2 + 3)
+    assert verify_consistency(root) == []
+    assert "finished" in proc.stdout and "Traceback" not in proc.stdout
+
+    # The resumed trials' numbers equal an uninterrupted in-process run of the same configuration.
+    import torch
+
+    from clapray.learner import ContinualLearner
+
+    torch.set_num_threads(1)
+    for _, run in runs.iterrows():
+        import yaml
+
+        cfg = from_mapping(RunConfig, yaml.safe_load(run["config_yaml"]), "runs.config_yaml")
+        plain = [r.last_acc for r in ContinualLearner(cfg).run()]
+        stored = tasks[tasks["run_id"] == run["run_id"]].sort_values("task")["acc"].to_numpy()
+        np.testing.assert_allclose(stored, plain, atol=1e-6)
+
+    # Again: nothing new runs, nothing changes.
+    before = {p: p.stat().st_mtime_ns for p in root.glob("tasks/*.parquet")}
+    again = sweep_cli("sweeps/quickstart.yaml", "--storage", str(tmp_path / "store"), *overrides, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming sweep" in again.stdout and "2 complete" in again.stdout
+    assert {p: p.stat().st_mtime_ns for p in root.glob("tasks/*.parquet")} == before

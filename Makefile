@@ -1,11 +1,11 @@
-# Two commands on a fresh machine: `make quickstart` runs the embedded default, `make test` runs the tests.
+# Two commands on a fresh machine: `make quickstart` runs the embedded default sweep, `make test` the tests.
 # Both create (or reuse) the virtual environment in .venv from this repository's own files.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: quickstart test test-slow install clean-venv
+.PHONY: quickstart run test test-slow install clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 quickstart: $(STAMP)
+	$(PY) -m clapray.sweep sweeps/quickstart.yaml
+
+run: $(STAMP)
 	$(PY) -m clapray.run
 
 test: $(STAMP)

@@ -322,6 +322,11 @@ class ContinualLearner:
                 step += 1
         for p in self.head.parameters():
             p.requires_grad_(False)
+        if self.world_size > 1 and stats.steps:
+            # Report the losses averaged over ranks, as one model was trained on the global batch.
+            sums = torch.tensor([stats.loss, stats.ce, stats.kd, stats.kl], device=self.device, dtype=torch.float64)
+            torch.distributed.all_reduce(sums)
+            stats.loss, stats.ce, stats.kd, stats.kl = (sums / self.world_size).tolist()
         return stats
 
     def _all_finite(self, value: float) -> bool:

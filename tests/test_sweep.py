@@ -80,9 +80,26 @@ def test_sweep_survives_a_failed_trial_resumes_and_matches_a_plain_run(tmp_path)
         stored = tasks[tasks["run_id"] == run["run_id"]].sort_values("task")["acc"].to_numpy()
         np.testing.assert_allclose(stored, plain, atol=1e-6)
 
+    # The README's first three queries run on this store and answer what they claim.
+    namespace = run_readme_queries(root)
+    assert len(namespace["best"]) == 2 and set(namespace["best"]["avg_acc_count"]) == {1}
+    assert set(namespace["per_task"]["task"]) == {0, 1, 2} and len(namespace["per_task"]) == 6
+    assert len(namespace["curve"]) == 2
+
     # Again: nothing new runs, nothing changes.
     before = {p: p.stat().st_mtime_ns for p in root.glob("tasks/*.parquet")}
     again = sweep_cli("sweeps/quickstart.yaml", "--storage", str(tmp_path / "store"), *overrides, env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming sweep" in again.stdout and "2 complete" in again.stdout
     assert {p: p.stat().st_mtime_ns for p in root.glob("tasks/*.parquet")} == before
+
+
+def run_readme_queries(root: Path) -> dict:
+    """Execute the README's 'Reading the results' code block against ``root``."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("### Reading the results"):]
+    block = section[section.index("```python") + len("```python"):]
+    code = block[: block.index("```")].replace('root = "results/quickstart"', f"root = {str(root)!r}")
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    return namespace

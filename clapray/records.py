@@ -1,4 +1,4 @@
-"""What a run reports after every task, and the run directory it writes into.
+"""What a run reports after every task, and an atomic file write for the run directory.
 
 A :class:`TaskResult` is the unit of reporting: the run CLI prints it, the sweep forwards it to Ray Tune
 and the results store turns it into Parquet rows. It is plain data (lists, floats), so it pickles and
@@ -8,7 +8,6 @@ serialises to JSON without torch.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import tempfile
@@ -71,21 +70,8 @@ class TaskResult:
                 f"bwt {bwt}  ece {self.ece:.3f}  {self.timings.get('total', float('nan')):.1f}s")
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON through a temporary file and a rename, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(payload, fh, indent=2, allow_nan=True)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_text_atomic(path: Path, text: str) -> None:
+    """Write text through a temporary file and a rename, so a crash never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -86,8 +86,9 @@ def execute(cfg: RunConfig, *, out=None) -> list[TaskResult]:
         from clapray.builders import build_scenario_from_config
         from clapray.zeroshot import run_zeroshot
 
-        fingerprint = build_scenario_from_config(cfg).benchmark.fingerprint()
-        writer = RunWriter(store, rid, cfg, dataset_fingerprint=fingerprint, extra={"trainable_params": 0})
+        scenario = build_scenario_from_config(cfg)
+        writer = RunWriter(store, rid, cfg, dataset_fingerprint=scenario.benchmark.fingerprint(),
+                           extra={"trainable_params": 0})
         learner = None
     else:
         from clapray.learner import ContinualLearner
@@ -117,7 +118,7 @@ def execute(cfg: RunConfig, *, out=None) -> list[TaskResult]:
 
     try:
         if learner is None:
-            run_zeroshot(cfg, on_task=on_task)
+            run_zeroshot(cfg, on_task=on_task, scenario=scenario)
         else:
             learner.run(on_task=on_task, after_task=lambda lr: lr.save(checkpoint))
     except KeyboardInterrupt:

@@ -62,7 +62,8 @@ def evaluate_step(logits: torch.Tensor, encoded: EncodedSplit, scenario, step: i
                         future_logits=future)
 
 
-def run_zeroshot(cfg: RunConfig, on_task: Callable[[TaskResult], None] | None = None) -> list[TaskResult]:
+def run_zeroshot(cfg: RunConfig, on_task: Callable[[TaskResult], None] | None = None, *,
+                 scenario=None) -> list[TaskResult]:
     """Evaluate the frozen CLIP after every task of the scenario; ``on_task`` sees each result."""
     from clapray.model.text_features import template_text_features
 
@@ -70,7 +71,7 @@ def run_zeroshot(cfg: RunConfig, on_task: Callable[[TaskResult], None] | None = 
     device = resolve_device(cfg)
     seed_everything(cfg.seeds.init)
     backbone = build_backbone(cfg, device)
-    scenario = build_scenario_from_config(cfg)
+    scenario = scenario if scenario is not None else build_scenario_from_config(cfg)
     encoded = encode_evaluation_images(backbone, scenario, cfg)
     text = template_text_features(backbone, scenario.class_names, scenario.benchmark.templates).mean.float().cpu()
     logits = backbone.logit_scale * encoded.features @ text.T  # [N, C] over all classes in task order

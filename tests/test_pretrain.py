@@ -1,0 +1,256 @@
+"""The CLIP stand-in: class split, captions, tiny pretraining runs, cache reuse, CLI; a slow quality test."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from collections import Counter
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+
+import clapray.pretrain as pt
+from clapray.data.shapes import COLOURS, SHAPES, all_shape_classes, sample_attributes, shape_class
+from clapray.errors import UserError
+from clapray.model import load_backbone
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# A run of a few seconds: 84 classes x 2 images, batch 16, 3 steps.
+TINY = dict(steps=3, images_per_class=2, batch_size=16, warmup_steps=1)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The test machine's cores are shared; one intra-op thread is faster and steadier there."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------------------------------
+# Class split
+
+
+def test_class_split_is_disjoint_and_compositional():
+    cl, pre = pt.CONTINUAL_CLASSES, pt.PRETRAIN_CLASSES
+    plain = all_shape_classes(len(COLOURS) * len(SHAPES))
+    assert len(cl) >= 50 and len(cl) == 60
+    assert not set(cl) & set(pre)
+    assert sorted(cl + pre) == sorted(plain)
+    assert len(set(cl)) == len(cl) and len(set(pre)) == len(pre)
+    # Every colour and every shape is seen in pretraining, through other combinations.
+    assert {shape_class(n).colour for n in pre} == set(COLOURS)
+    assert {shape_class(n).shape for n in pre} == set(SHAPES)
+    # Balanced: each colour and each shape is held out equally often.
+    assert set(Counter(shape_class(n).colour for n in cl).values()) == {5}
+    assert set(Counter(shape_class(n).shape for n in cl).values()) == {5}
+    # Stable order: the canonical one (the CL set is a prefix, so it contains the default shapes classes).
+    assert list(cl) == plain[: len(cl)]
+    assert set(all_shape_classes(50)) <= set(cl)
+    assert pt.continual_classes() == cl and pt.pretrain_classes() == pre
+
+
+def test_patterned_pretraining_classes_never_name_a_continual_combination():
+    cl = set(pt.CONTINUAL_CLASSES)
+    extra = pt.pretrain_classes(patterned=True)[len(pt.PRETRAIN_CLASSES):]
+    assert len(extra) == 3 * len(pt.PRETRAIN_CLASSES)
+    for name in extra:
+        c = shape_class(name)
+        assert c.pattern != "plain" and f"{c.colour} {c.shape}" not in cl
+
+
+# --------------------------------------------------------------------------------------------------
+# Captions
+
+
+def test_captions_contain_the_class_phrase_and_vary():
+    phrasings = set()
+    for name in pt.PRETRAIN_CLASSES[::7] + pt.PATTERNED_PRETRAIN_CLASSES[::40]:
+        for k in range(25):
+            attrs = sample_attributes(3, "train", name, k)
+            caption = pt.compose_caption(attrs, pt.caption_variant(3, name, k))
+            assert name in caption, caption
+            assert caption == pt.compose_caption(attrs, pt.caption_variant(3, name, k))  # deterministic
+            assert " a a" not in caption and "a o" not in caption.replace("an o", "")
+            phrasings.add(caption.replace(name, "{}"))
+    assert len(phrasings) > 50
+
+
+def test_caption_uses_the_attributes():
+    attrs = sample_attributes(0, "train", "red triangle", 0)
+    captions = {pt.compose_caption(attrs, v) for v in range(400)}
+    text = " ".join(captions)
+    for word in (attrs.size, attrs.background_colour, "red triangle"):
+        assert word in text
+    assert any(c.startswith("a photo of a red triangle") for c in captions)
+    assert any("an orange" in pt.compose_caption(sample_attributes(0, "train", "orange heart", k), 0)
+               for k in range(3))
+
+
+def test_pretraining_captions_never_name_a_continual_class():
+    pool = pt.render_pool(pt.make_settings(images_per_class=3), 32, open_clip.get_tokenizer(pt.MODEL_NAME))
+    for caption in pool.captions:
+        assert not any(f" {name}" in f" {caption}" for name in pt.CONTINUAL_CLASSES), caption
+
+
+def test_truncated_text_encoder_matches_open_clip():
+    torch.manual_seed(0)
+    model = open_clip.create_model(pt.MODEL_NAME).eval()
+    tokens = open_clip.get_tokenizer(pt.MODEL_NAME)(["a photo of a red triangle.", "the blue star shape."])
+    length = int(tokens.argmax(dim=-1).max()) + 1
+    with torch.no_grad():
+        full = model.encode_text(tokens)
+        short = pt.encode_text(model, tokens[:, :length])
+    torch.testing.assert_close(short, full, rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------
+# Settings and cache location
+
+
+def test_settings_key_and_validation(monkeypatch, tmp_path):
+    base = pt.make_settings()
+    assert base.key() == pt.make_settings().key()
+    assert len({base.key(), pt.make_settings(seed=1).key(), pt.make_settings(steps=5).key()}) == 3
+    with pytest.raises(UserError, match="unknown setting"):
+        pt.make_settings(stpes=3)
+    with pytest.raises(UserError, match="steps"):
+        pt.make_settings(steps=0)
+    with pytest.raises(UserError, match="model_name"):
+        pt.make_settings(model_name="no-such-model")
+
+    monkeypatch.setenv(pt.CACHE_ENV, str(tmp_path / "c"))
+    assert pt.default_cache_dir() == tmp_path / "c" / "mini-clip"
+    assert pt.checkpoint_path(base).parent.parent == tmp_path / "c" / "mini-clip"
+    assert pt.checkpoint_path(base, tmp_path / "d") == tmp_path / "d" / base.key() / "model.pt"
+    monkeypatch.delenv(pt.CACHE_ENV)
+    assert pt.default_cache_dir() == Path.home() / ".cache" / "clapray" / "mini-clip"
+
+
+# --------------------------------------------------------------------------------------------------
+# Tiny pretraining runs
+
+
+def test_tiny_run_loads_is_reused_and_is_deterministic(tmp_path, monkeypatch):
+    rng_before = torch.get_rng_state()
+    path = pt.ensure_mini_clip(tmp_path / "a", threads=1, **TINY)
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the caller's RNG is left alone
+    assert path == pt.checkpoint_path(pt.make_settings(**TINY), tmp_path / "a") and path.is_file()
+    assert (path.parent / pt.INFO_NAME).is_file()
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+
+    backbone = load_backbone(pt.MODEL_NAME, pretrained=str(path))
+    state = torch.load(path, weights_only=True)
+    assert set(state) == set(backbone.model.state_dict())
+    torch.testing.assert_close(backbone.model.state_dict()["text_projection"], state["text_projection"])
+    assert backbone.context_length == backbone.tokenize(["a red star"]).shape[1]
+    evaluation = pt.evaluate(backbone, pt.CONTINUAL_CLASSES[:6], train_per_class=2, test_per_class=2)
+    assert evaluation.num_classes == 6 and 0 <= evaluation.zero_shot_acc <= 100
+    assert 0 <= evaluation.ncm_acc <= 100 and -1 <= evaluation.mean_cosine <= 1
+    assert "chance 16.7%" in evaluation.summary()
+
+    # Reuse: no retraining, the file is untouched.
+    stat, data = path.stat(), path.read_bytes()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("pretrain() called although the checkpoint is cached")
+
+    monkeypatch.setattr(pt, "pretrain", no_training)
+    assert pt.ensure_mini_clip(tmp_path / "a", threads=1, **TINY) == path
+    assert path.stat().st_mtime_ns == stat.st_mtime_ns and path.read_bytes() == data
+    monkeypatch.undo()
+
+    # Determinism: the same settings elsewhere give the same bytes; another seed does not.
+    again = pt.ensure_mini_clip(tmp_path / "b", threads=1, **TINY)
+    assert again.read_bytes() == data
+    other = pt.ensure_mini_clip(tmp_path / "b", threads=1, **{**TINY, "seed": 1})
+    assert other != again and other.read_bytes() != data
+
+    # --force retrains in place and, being deterministic, writes the same bytes again.
+    forced = pt.ensure_mini_clip(tmp_path / "a", force=True, threads=1, **TINY)
+    assert forced == path and path.read_bytes() == data
+
+
+def test_training_lowers_the_loss_and_restores_the_caller_settings():
+    torch.use_deterministic_algorithms(False)
+    settings = pt.make_settings(**{**TINY, "steps": 24, "warmup_steps": 4})
+    result = pt.pretrain(settings, threads=1, log=None)
+    assert not torch.are_deterministic_algorithms_enabled() and torch.get_num_threads() == 1
+    assert result.pool_size == 2 * len(pt.PRETRAIN_CLASSES) and len(result.losses) == 24
+    # A batch of 16 starts near chance, ln(16) = 2.77, and the loss falls as colours are picked up.
+    assert result.losses[0] > 2.5
+    assert sum(result.losses[-6:]) / 6 < sum(result.losses[:6]) / 6 - 0.1, result.losses
+    assert 1.0 <= result.logit_scale <= 100.0
+
+
+def test_concurrent_callers_train_once(tmp_path, monkeypatch):
+    calls = []
+    real = pt.pretrain
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pt, "pretrain", counting)
+    paths: list[Path] = []
+    workers = [threading.Thread(target=lambda: paths.append(pt.ensure_mini_clip(tmp_path, threads=1, **TINY)))
+               for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert len(paths) == 2 and paths[0] == paths[1] and len(calls) == 1
+    load_backbone(pt.MODEL_NAME, pretrained=str(paths[0]))
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+
+
+def test_cli_reuses_a_cached_checkpoint(tmp_path, capsys, monkeypatch):
+    settings = pt.make_settings(steps=1)
+    path = pt.checkpoint_path(settings, tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"cached")
+    monkeypatch.setattr(pt, "pretrain", lambda *a, **k: pytest.fail("retrained a cached checkpoint"))
+    assert pt.main(["--steps", "1", "--cache-dir", str(tmp_path), "--no-eval"]) == 0
+    out = capsys.readouterr().out
+    assert "reusing" in out and str(path) in out.splitlines()
+    assert path.read_bytes() == b"cached"
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    command = [sys.executable, "-m", "clapray.pretrain", "--cache-dir", str(tmp_path), "--steps", "0"]
+    proc = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "steps" in proc.stderr and "Traceback" not in proc.stderr
+    with pytest.raises(SystemExit) as exit_info:
+        pt.main(["--cache-dir", str(tmp_path), "--threads", "0"])
+    assert exit_info.value.code == 2 and "--threads" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------------------------------------
+# Quality (slow: the full default pretraining, a few minutes)
+
+
+@pytest.mark.slow
+def test_default_pretraining_transfers_to_the_continual_classes(tmp_path):
+    torch.set_num_threads(2)
+    path = pt.ensure_mini_clip(tmp_path)
+    backbone = load_backbone(pt.MODEL_NAME, pretrained=str(path))
+    result = pt.evaluate(backbone)
+    torch.manual_seed(0)
+    random = pt.evaluate(load_backbone(pt.MODEL_NAME))
+    assert result.num_classes == len(pt.CONTINUAL_CLASSES)
+    # Chance is 1.7%; the default run measured 29.5% zero-shot, 28.2% nearest-class-mean and a mean
+    # inter-class cosine of 0.05 (the random model: 2.3%, 3.8% and 0.73).
+    assert result.zero_shot_acc > 15.0, result.summary()
+    assert result.ncm_acc > 15.0, result.summary()
+    assert result.mean_cosine < 0.3 < random.mean_cosine, (result.summary(), random.summary())

@@ -28,13 +28,7 @@ CONFIG_FILES = sorted(Path(cm.CONFIG_DIR).glob("*.json"))
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The test machine's cores are shared; one intra-op thread is faster and steadier there."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -23,13 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(steps=3, images_per_class=2, batch_size=16, warmup_steps=1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The test machine's cores are shared; one intra-op thread is faster and steadier there."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ tests all build them the same way.
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -42,15 +43,39 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+MINI_CLIP_TAG = "clapray-shapes"
+"""``backbone.pretrained`` value meaning "the mini-CLIP pretrained on shapes captions" (trained on first use)."""
+
+
+def resolve_pretrained(cfg: RunConfig) -> str | None:
+    """The pretrained tag or checkpoint path to load; :data:`MINI_CLIP_TAG` becomes the cached checkpoint.
+
+    The checkpoint is pretrained on first use (a few minutes on CPU), under a lock, so concurrent
+    trials on one machine train it once; it is deterministic, so every machine trains the same bytes.
+    """
+    if cfg.backbone.pretrained != MINI_CLIP_TAG:
+        return cfg.backbone.pretrained
+    import sys
+
+    from clapray.pretrain import MODEL_NAME, ensure_mini_clip
+
+    if cfg.backbone.model != MODEL_NAME:
+        raise UserError(f"backbone.pretrained: {MINI_CLIP_TAG} is the pretraining of backbone.model "
+                        f"{MODEL_NAME}, but backbone.model is {cfg.backbone.model}")
+    cache = None if cfg.backbone.cache_dir is None else Path(cfg.backbone.cache_dir).expanduser() / "mini-clip"
+    return str(ensure_mini_clip(cache, log=lambda line: print(line, file=sys.stderr, flush=True)))
+
+
 def build_backbone(cfg: RunConfig, device: torch.device | None = None) -> "Backbone":
     from clapray.model.backbone import load_backbone
 
     device = device or resolve_device(cfg)
+    pretrained = resolve_pretrained(cfg)
     # Random-init backbones (the tiny test configs) must not depend on the init seed of the adapters,
     # or two runs that differ only in seeds.init would compare different "pretrained" models.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return load_backbone(cfg.backbone.model, cfg.backbone.pretrained, cache_dir=cfg.backbone.cache_dir,
+        return load_backbone(cfg.backbone.model, pretrained, cache_dir=cfg.backbone.cache_dir,
                              device=device, precision=resolve_precision(cfg, device))
 
 
@@ -59,7 +84,7 @@ def build_benchmark_from_config(cfg: RunConfig) -> "Benchmark":
 
     data = cfg.data
     options: dict[str, object] = {}
-    if data.dataset == "shapes":
+    if data.dataset in ("shapes", "shapes_cl"):
         s = data.shapes
         options = dict(num_classes=s.num_classes, train_per_class=s.train_per_class,
                        test_per_class=s.test_per_class, image_size=s.image_size, seed=s.seed, cache=s.cache)

@@ -209,7 +209,8 @@ class BackboneConfig(_Config):
 
     model: str = _field("ViT-B-16", doc="open_clip model name, e.g. ViT-B-16, ViT-L-14, clapray-tiny-vit")
     pretrained: str | None = _field(
-        "openai", doc="open_clip pretrained tag (openai, laion2b_...) or a local checkpoint path; null = random init")
+        "openai", doc="open_clip pretrained tag (openai, laion2b_...), a local checkpoint path, clapray-shapes (the "
+        "mini-CLIP pretrained on shapes captions, trained on first use) or null = random init")
     cache_dir: str | None = _field(None, doc="where downloaded weights are cached; null = open_clip's default")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = _field(
         "auto", doc="towers' precision: auto = bf16 autocast on GPU and fp32 on CPU, trainable modules fp32; "
@@ -218,7 +219,7 @@ class BackboneConfig(_Config):
 
 @dataclass(frozen=True)
 class ShapesConfig(_Config):
-    """Options of the generated ``shapes`` dataset (ignored by other datasets)."""
+    """Options of the generated ``shapes`` and ``shapes_cl`` datasets (ignored by other datasets)."""
 
     num_classes: int = _field(50, doc="number of colour-shape classes", ge=2)
     train_per_class: int = _field(100, doc="training images per class", ge=1)
@@ -233,7 +234,7 @@ class DataConfig(_Config):
     """Benchmark, class-incremental split and loading (§12.3, §12.4)."""
 
     dataset: str = _field("cifar100", doc="registered benchmark: cifar100, imagenet100, imagenet_r, cub200, "
-                          "vtab, cdcl, shapes")
+                          "vtab, cdcl, shapes, shapes_cl (shapes classes held out from the mini-CLIP's pretraining)")
     root: str = _field("data", doc="directory holding the datasets (and the shapes cache)")
     download: bool = _field(False, doc="download the dataset when missing (CIFAR-100 only; needs network)")
     num_tasks: int | None = _field(None, doc="number of tasks; null = the benchmark's (10, VTAB 5)", ge=1)
@@ -275,10 +276,42 @@ class ConsolidationConfig(_Config):
 
 
 @dataclass(frozen=True)
+class PromptConfig(_Config):
+    """Options of the learnable prompt variants (§3); each variant reads only its own fields."""
+
+    n_ctx: int = _field(12, doc="CoOp / CoCoOp: learnable context tokens before the class name (official "
+                        "CoOp 12, init N(0, 0.02^2), class token at the end)", ge=1)
+    maple_depth: int = _field(9, doc="MaPLe: prompt depth J, i.e. layers of both towers that get prompts (layer "
+                              "0 the shallow ones, 1..J-1 the deep ones; capped at the towers' layer count)", ge=1)
+    maple_length: int = _field(2, doc="MaPLe: prompt tokens per layer (initialised from 'a photo of a' when <= 4)",
+                               ge=1)
+    maple_official_untrained: bool = _field(
+        False, doc="MaPLe: true = the released code's behaviour, the deep prompts and all coupling layers stay "
+        "at their random init (only the shallow text context learns, §3.3, P14); false = train them as MaPLe "
+        "intends")
+    attriclip_bank_size: int = _field(10, doc="AttriCLIP: attributes in the bank (keys + prompts, --num_prompt)",
+                                      ge=1)
+    attriclip_prompt_length: int = _field(12, doc="AttriCLIP: tokens of one attribute prompt", ge=1)
+    attriclip_top_k: int = _field(3, doc="AttriCLIP: attributes selected per image (--text_prompt)", ge=1)
+    attriclip_ortho_weight: float = _field(0.3, doc="AttriCLIP: weight of the attribute orthogonality loss "
+                                           "(--ortho-loss)", ge=0.0)
+    attriclip_match_weight: float = _field(0.7, doc="AttriCLIP: weight of the key-matching loss (--matching-loss)",
+                                           ge=0.0)
+    cocoop_reduction: int = _field(16, doc="CoCoOp: the meta-net's bottleneck divides the embedding dim by this",
+                                   ge=1)
+
+    def check(self) -> None:
+        _require(self, self.attriclip_top_k <= self.attriclip_bank_size, "attriclip_top_k",
+                 f"an integer <= attriclip_bank_size ({self.attriclip_bank_size})")
+
+
+@dataclass(frozen=True)
 class MethodConfig(_Config):
     """The CLAP knobs (§4 - §11, §14)."""
 
-    variant: str = _field("handcrafted", doc="prompt variant", choices=PROMPT_VARIANTS)
+    variant: str = _field("handcrafted", doc="prompt variant: handcrafted, coop, maple, attriclip, cocoop, or "
+                          "zeroshot (Continual-CLIP, trains nothing) (§3)", choices=PROMPT_VARIANTS)
+    prompt: PromptConfig = _field(factory=PromptConfig, doc="options of the learnable prompt variants")
     deterministic: bool = _field(False, doc="the 'w/o VI' variant: mean heads only, no sampling or KL (§14)")
     vga: VGAConfig = _field(factory=VGAConfig, doc="visual-guided attention")
     mc_samples_train: int = _field(20, doc="Monte-Carlo samples M in training (official 20 = eval)", ge=1)

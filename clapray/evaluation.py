@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from clapray import metrics
-from clapray.records import NoveltyDetection
+from clapray.records import NoveltyDetection, ReliabilityBins
 
 
 def step_metrics(seen_logits: torch.Tensor | np.ndarray, targets: np.ndarray, tasks: np.ndarray, step: int,
@@ -56,9 +56,22 @@ def step_metrics(seen_logits: torch.Tensor | np.ndarray, targets: np.ndarray, ta
         detection = metrics.phndd_at_step(logits, torch.as_tensor(future_logits, dtype=torch.float32))
         phndd = NoveltyDetection(auroc=float(detection.auroc), aupr=float(detection.aupr),
                                  fpr95=float(detection.fpr95_nearest), fpr95_at_least=float(detection.fpr95))
+    # One binning gives both the ECE and the reliability diagram's data, so the two always agree.
+    bins = metrics.calibration_bins(probs, targets, n_bins=ece_bins)
     return dict(
         accuracy_row=tuple(row), task_aware_row=tuple(aware_row), n_eval=tuple(counts),
         last_acc=float(metrics.last_accuracy(acc)), avg_acc=float(metrics.average_incremental_accuracy(acc)),
         bwt=float(metrics.backward_transfer(acc)) if step > 0 else float("nan"),
-        ece=float(metrics.expected_calibration_error(probs, targets, n_bins=ece_bins)),
-        ece_per_batch=batch_ece_sum / max(n_batches, 1), phndd=phndd)
+        ece=float(bins.ece), ece_per_batch=batch_ece_sum / max(n_batches, 1), phndd=phndd,
+        calibration=reliability_bins(bins))
+
+
+def reliability_bins(bins: metrics.CalibrationBins) -> ReliabilityBins:
+    """The non-empty rows of :func:`clapray.metrics.calibration_bins`, as plain data for a TaskResult."""
+    keep = np.flatnonzero(bins.count > 0)
+    return ReliabilityBins(
+        n_bins=len(bins.count) - 1, bin=tuple(int(b) for b in keep),
+        lower=tuple(float(bins.lower[b]) for b in keep), upper=tuple(float(bins.upper[b]) for b in keep),
+        count=tuple(int(bins.count[b]) for b in keep),
+        confidence=tuple(float(bins.confidence[b]) for b in keep),
+        accuracy=tuple(float(bins.accuracy[b]) for b in keep))

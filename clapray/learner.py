@@ -2,14 +2,21 @@
 
 Per task t (§12.2):
 
-1. set up the seen classes: base text features T, template statistics, task blocks, the VGA task mask
-   (built once per task, never per batch);
-2. grow: add adapter t (older ones frozen) with its language-aware init;
-3. train on the task's data plus the replay memory: VGA + adapter t, CE over M samples + KD_t + KL_t,
-   SGD with warmup then cosine, optionally capped at ``budget.max_steps_per_task`` steps;
+1. set up the seen classes: template statistics, task blocks, the VGA task mask (built once per task,
+   never per batch);
+2. grow: add adapter t (older ones frozen) with its language-aware init (and task token t, AttriCLIP);
+3. train on the task's data plus the replay memory: VGA + adapter t + the prompt variant's parameters,
+   CE over M samples + KD_t + KL_t (+ the variant's own losses), SGD with warmup then cosine, optionally
+   capped at ``budget.max_steps_per_task`` steps;
 4. update the exemplar memory;
-5. consolidate (t > 0, replay on): all adapters on the class-balanced memory, VGA frozen;
+5. consolidate (t > 0, replay on): all adapters (+ the prompts of CoOp, MaPLe, CoCoOp, AttriCLIP, + VGA for
+   AttriCLIP) on the class-balanced memory, VGA frozen otherwise;
 6. evaluate on tasks 0..t and report a :class:`~clapray.records.TaskResult`.
+
+The prompt variant (:mod:`clapray.model.prompts`) supplies the image embeddings (``encode_images``: the
+frozen tower, or MaPLe's prompted one) and, separately, the base text features of the seen classes for
+each batch (``text_features``); the head turns them into logits. The zero-shot variant learns nothing:
+no head, no training, logits s <x̂, t_c>.
 
 Randomness is re-seeded from ``(seeds.init, task, phase)`` at the start of every phase, so a run resumed
 from the checkpoint of task t draws exactly what the uninterrupted run drew and ends with the same
@@ -44,14 +51,14 @@ from clapray.errors import UserError
 from clapray.evaluation import step_metrics
 from clapray.losses import mc_cross_entropy
 from clapray.model.adapters import ProbabilisticAdapter
-from clapray.model.clap import ClapHead
+from clapray.model.clap import ClapHead, HeadOutput
+from clapray.model.prompts import PromptText, build_prompt_variant, variant_class
 from clapray.model.text_features import template_text_features
 from clapray.model.vga import task_attention_mask
 from clapray.records import TaskResult
 from clapray.schedule import cosine_with_warmup, effective_lr, warmup_steps
 
-CHECKPOINT_VERSION = 1
-LEARNED_VARIANTS = ("handcrafted",)
+CHECKPOINT_VERSION = 2
 
 
 class ShardedShuffle(torch.utils.data.Sampler):
@@ -101,11 +108,11 @@ class TaskSetup:
     """What every batch of task ``task`` shares, computed once when the task starts."""
 
     task: int
-    text: Tensor  # [C_seen, d] base text features (template ensemble, normalised)
+    text: Tensor  # [C_seen, d] template-ensemble text features (normalised); variants supply their own per batch
     template_mean: Tensor  # [C_seen, d] mean of normalised template embeddings, not re-normalised
     template_variance: Tensor  # [C_seen, d] per-dim unbiased variance over templates
     slices: tuple[tuple[int, int], ...]  # class block of every seen task
-    mask: Tensor  # [C_seen, C_seen] bool, VGA self-attention blocked across tasks
+    mask: Tensor  # [C_seen, C_seen] bool, VGA self-attention blocked across tasks ([C + T, C + T] with task tokens)
     task_of_class: np.ndarray  # [C_seen]
 
     @property
@@ -120,27 +127,30 @@ class PhaseStats:
     ce: float = 0.0
     kd: float = 0.0
     kl: float = 0.0
+    prompt: float | None = None  # the prompt variant's own weighted losses (AttriCLIP); None when it has none
 
-    def add(self, loss: float, ce: float, kd: float, kl: float) -> None:
+    def add(self, loss: float, ce: float, kd: float, kl: float, prompt: float | None = None) -> None:
         self.steps += 1
         self.loss += loss
         self.ce += ce
         self.kd += kd
         self.kl += kl
+        if prompt is not None:
+            self.prompt = (self.prompt or 0.0) + prompt
 
     def means(self, prefix: str) -> dict[str, float]:
         n = max(self.steps, 1)
-        return {prefix: self.loss / n, f"{prefix}_ce": self.ce / n, f"{prefix}_kd": self.kd / n,
-                f"{prefix}_kl": self.kl / n}
+        out = {prefix: self.loss / n, f"{prefix}_ce": self.ce / n, f"{prefix}_kd": self.kd / n,
+               f"{prefix}_kl": self.kl / n}
+        if self.prompt is not None:
+            out[f"{prefix}_prompt"] = self.prompt / n
+        return out
 
 
 class ContinualLearner:
     """One CLAP4CLIP run. ``run()`` trains the remaining tasks; ``state_dict()`` checkpoints it."""
 
     def __init__(self, cfg: RunConfig, *, backbone=None, scenario=None, device: torch.device | None = None):
-        if cfg.method.variant not in LEARNED_VARIANTS:
-            raise UserError(f"method.variant: {cfg.method.variant!r} is not available in the learner yet "
-                            f"(available: {', '.join(LEARNED_VARIANTS)}; zeroshot runs without training)")
         self.cfg = cfg
         self.device = device or resolve_device(cfg)
         self.backbone = backbone if backbone is not None else build_backbone(cfg, self.device)
@@ -153,8 +163,17 @@ class ContinualLearner:
         # Hand-crafted prompts give constant text features: encode every class's templates once per run.
         self.templates = template_text_features(self.backbone, self.scenario.class_names,
                                                 self.scenario.benchmark.templates)
+        variant = variant_class(cfg.method.variant)
+        if variant.per_image_queries and cfg.method.prior == "data_driven":
+            raise UserError(f"method.prior: data_driven is not available with variant {variant.name} "
+                            "(per-image text features); use standard or language_aware")
         seed_phase(cfg.seeds.init, "init")
-        self.head = ClapHead(self.backbone.embed_dim, self.backbone.logit_scale, cfg.method).to(self.device)
+        self.head = (ClapHead(self.backbone.embed_dim, self.backbone.logit_scale, cfg.method,
+                              task_tokens=variant.uses_task_tokens).to(self.device) if variant.learns else None)
+        # The variant's own parameters are drawn from a phase of their own, so adding a variant never shifts
+        # the head's init.
+        seed_phase(cfg.seeds.init, "init", "prompt")
+        self.prompt = build_prompt_variant(cfg.method.variant, self.backbone, self.templates, cfg.method.prompt)
         self.memory = ExemplarMemory()
         self.tasks_done = 0
         self.history: list[TaskResult] = []
@@ -192,29 +211,30 @@ class ContinualLearner:
             torch.cuda.reset_peak_memory_stats(self.device)
         start = time.perf_counter()
         setup = self.setup_task(task)
-        seed_phase(self.cfg.seeds.init, task, "grow")
-        trainable = self.head.grow(task, setup.template_mean, setup.template_variance)
-
-        seed_phase(self.cfg.seeds.init, task, "train")
-        train_indices = self.scenario.train_indices(task)
-        if self.replay and len(self.memory):
-            train_indices = np.concatenate([train_indices, self.memory.indices()])
-        params = trainable + (list(self.head.vga.parameters()) if self.head.vga is not None else [])
-        main = self._fit(train_indices, setup, params, phase="train", epochs=self.cfg.optim.epochs,
-                         lr=effective_lr(self.cfg.optim), warmup=True, regularize=(task,), train_vga=True)
+        main, consolidation = PhaseStats(), PhaseStats()
+        if self.head is not None:
+            params = self.main_parameters(task, setup)
+            seed_phase(self.cfg.seeds.init, task, "train")
+            train_indices = self.scenario.train_indices(task)
+            if self.replay and len(self.memory):
+                train_indices = np.concatenate([train_indices, self.memory.indices()])
+            main = self._fit(train_indices, setup, params, phase="train", epochs=self.cfg.optim.epochs,
+                             lr=effective_lr(self.cfg.optim), warmup=True, regularize=(task,), train_vga=True)
         train_s = time.perf_counter() - start
 
         t0 = time.perf_counter()
-        if self.replay:
+        if self.replay and self.head is not None:
             self._update_memory(task, setup)
-        consolidation = PhaseStats()
-        if self.replay and self.cfg.method.consolidation.enabled and task > 0:
+        if self.replay and self.head is not None and self.cfg.method.consolidation.enabled and task > 0:
             seed_phase(self.cfg.seeds.init, task, "consolidate")
+            train_vga = self.prompt.vga_trains_in_consolidation and self.head.vga is not None
+            params = [*self.head.adapters.parameters(), *self.prompt.trainable_parameters("consolidate"),
+                      *(self.head.vga.parameters() if train_vga else ())]
             consolidation = self._fit(
-                self.memory.indices(), setup, list(self.head.adapters.parameters()), phase="consolidate",
+                self.memory.indices(), setup, params, phase="consolidate",
                 epochs=self.cfg.method.consolidation.epochs,
                 lr=effective_lr(self.cfg.optim) * self.cfg.method.consolidation.lr_factor, warmup=False,
-                regularize=tuple(range(task + 1)), train_vga=False)
+                regularize=tuple(range(task + 1)), train_vga=train_vga)
         consolidate_s = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -222,7 +242,7 @@ class ContinualLearner:
         fields = self.evaluate(task, setup)
         evaluate_s = time.perf_counter() - t0
 
-        losses = main.means("train")
+        losses = main.means("train") if self.head is not None else {}  # zero-shot has no loss
         if consolidation.steps:
             losses.update(consolidation.means("consolidation"))
         result = TaskResult(
@@ -244,12 +264,50 @@ class ContinualLearner:
         n_seen = self.scenario.task_bounds(task)[1]
         task_of_class = np.asarray(self.scenario.task_of_class[:n_seen])
         dev = self.device
+        tokens = self.head is not None and self.head.task_tokens is not None
         return TaskSetup(
             task=task, text=self.templates.mean[:n_seen].to(dev),
             template_mean=self.templates.template_mean_unnormalised[:n_seen].to(dev),
             template_variance=self.templates.template_variance[:n_seen].to(dev),
             slices=tuple(self.scenario.task_bounds(i) for i in range(task + 1)),
-            mask=task_attention_mask(task_of_class, device=dev), task_of_class=task_of_class)
+            mask=task_attention_mask(task_of_class, device=dev, task_tokens=tokens), task_of_class=task_of_class)
+
+    def main_parameters(self, task: int, setup: TaskSetup) -> list[torch.nn.Parameter]:
+        """Grow the head for ``task`` and return what main training updates: the new adapter (and task
+        token), VGA, and the prompt variant's parameters."""
+        seed_phase(self.cfg.seeds.init, task, "grow")
+        params = self.head.grow(task, setup.template_mean, setup.template_variance)
+        if self.head.vga is not None:
+            params += list(self.head.vga.parameters())
+        return params + self.prompt.trainable_parameters("train")
+
+    def _learnable(self) -> list[torch.nn.Parameter]:
+        """Every parameter an optimiser may touch: the head's and the prompt variant's."""
+        return [*(self.head.parameters() if self.head is not None else ()), *self.prompt.parameters()]
+
+    def forward_batch(self, x: Tensor, text: PromptText, setup: TaskSetup, n_samples: int, *,
+                      regularize: Sequence[int] = (), labels: Tensor | None = None) -> HeadOutput:
+        """Logits [M, B, C_seen] (and KL/KD terms) of image embeddings ``x`` [B, d] given the batch's text."""
+        if self.head is None:
+            # Zero-shot: s <x̂, t_c>, one "sample".
+            zero = x.new_zeros(())
+            return HeadOutput((self.backbone.logit_scale * x @ text.queries.T)[None], zero, zero)
+        return self.head(x, text.queries, setup.slices, setup.mask, n_samples, regularize=regularize,
+                         template_mean=setup.template_mean, labels=labels, image_text=text.per_image)
+
+    def step_loss(self, images: Tensor, labels: Tensor, setup: TaskSetup, regularize: Sequence[int]
+                  ) -> tuple[Tensor, dict[str, Tensor | None]]:
+        """The training objective of one batch (§9) and its unweighted terms (ce, kd, kl, prompt)."""
+        x = self.prompt.encode_images(images.to(self.device, non_blocking=True))  # [B, d]
+        text = self.prompt.text_features(setup.num_seen, x)
+        labels = labels.to(self.device)
+        method = self.cfg.method
+        out = self.forward_batch(x, text, setup, method.mc_samples_train, regularize=regularize, labels=labels)
+        ce = mc_cross_entropy(out.logits, labels)
+        loss = ce + method.kd_weight * out.kd + method.kl_weight * out.kl
+        if text.loss is not None:
+            loss = loss + text.loss
+        return loss, {"ce": ce, "kd": out.kd, "kl": out.kl, "prompt": text.loss}
 
     def _loader(self, indices: np.ndarray, transform, batch_size: int, shuffle: bool,
                 generator: torch.Generator | None = None) -> DataLoader:
@@ -285,16 +343,16 @@ class ContinualLearner:
         optim = self.cfg.optim
         lrs = cosine_with_warmup(total, lr, lr * optim.min_lr_factor,
                                  warmup_steps(optim, total, steps_per_epoch) if warmup else 0)
-        for p in self.head.parameters():
+        for p in self._learnable():
             p.requires_grad_(False)
         for p in params:
             p.requires_grad_(True)
         optimizer = torch.optim.SGD(params, lr=float(lrs[0]) if total else lr, momentum=optim.momentum,
                                     weight_decay=optim.weight_decay)
         self.head.train()
+        self.prompt.train()
         if self.head.vga is not None and not train_vga:
             self.head.vga.eval()  # consolidation: VGA frozen, no dropout (§11)
-        method = self.cfg.method
         step, epoch = 0, 0
         while step < total:
             if isinstance(loader.sampler, ShardedShuffle):
@@ -305,12 +363,7 @@ class ContinualLearner:
                     break
                 for group in optimizer.param_groups:
                     group["lr"] = float(lrs[step])
-                x = self.backbone.encode_images(images.to(self.device, non_blocking=True))
-                labels = labels.to(self.device)
-                out = self.head(x, setup.text, setup.slices, setup.mask, method.mc_samples_train,
-                                regularize=regularize, template_mean=setup.template_mean, labels=labels)
-                ce = mc_cross_entropy(out.logits, labels)
-                loss = ce + method.kd_weight * out.kd + method.kl_weight * out.kl
+                loss, terms = self.step_loss(images, labels, setup, regularize)
                 value = float(loss.detach())
                 if not self._all_finite(value):
                     raise TrainingDiverged(f"non-finite loss {value} at task {setup.task}, {phase} step {step}")
@@ -318,15 +371,18 @@ class ContinualLearner:
                 loss.backward()
                 self._all_reduce_gradients(params)
                 optimizer.step()
-                stats.add(value, float(ce.detach()), float(out.kd.detach()), float(out.kl.detach()))
+                stats.add(value, *(float(terms[k].detach()) for k in ("ce", "kd", "kl")),
+                          prompt=None if terms["prompt"] is None else float(terms["prompt"].detach()))
                 step += 1
-        for p in self.head.parameters():
+        for p in self._learnable():
             p.requires_grad_(False)
         if self.world_size > 1 and stats.steps:
             # Report the losses averaged over ranks, as one model was trained on the global batch.
-            sums = torch.tensor([stats.loss, stats.ce, stats.kd, stats.kl], device=self.device, dtype=torch.float64)
+            sums = torch.tensor([stats.loss, stats.ce, stats.kd, stats.kl, stats.prompt or 0.0], device=self.device,
+                                dtype=torch.float64)
             torch.distributed.all_reduce(sums)
-            stats.loss, stats.ce, stats.kd, stats.kl = (sums / self.world_size).tolist()
+            stats.loss, stats.ce, stats.kd, stats.kl, prompt = (sums / self.world_size).tolist()
+            stats.prompt = None if stats.prompt is None else prompt
         return stats
 
     def _all_finite(self, value: float) -> bool:
@@ -368,11 +424,16 @@ class ContinualLearner:
     def _predict(self, loader: DataLoader, setup: TaskSetup, *, want_features: bool = False
                  ) -> tuple[Tensor, Tensor | None]:
         """Mean-over-samples logits [N, C_seen] (and image features [N, d]) of a loader, head in eval mode."""
-        self.head.eval()
+        if self.head is not None:
+            self.head.eval()
+        self.prompt.eval()
+        # Text features that do not depend on the images (all but CoCoOp and AttriCLIP) are encoded once.
+        fixed = None if self.prompt.image_conditioned else self.prompt.text_features(setup.num_seen)
         logits, feats = [], []
         for images, labels, _ in loader:
-            x = self.backbone.encode_images(images.to(self.device, non_blocking=True))
-            out = self.head(x, setup.text, setup.slices, setup.mask, self.cfg.method.mc_samples_eval)
+            x = self.prompt.encode_images(images.to(self.device, non_blocking=True))
+            text = fixed if fixed is not None else self.prompt.text_features(setup.num_seen, x)
+            out = self.forward_batch(x, text, setup, self.cfg.method.mc_samples_eval)
             logits.append(out.logits.mean(dim=0).float().cpu())
             if want_features:
                 feats.append(x.float().cpu())
@@ -413,16 +474,24 @@ class ContinualLearner:
     # Bookkeeping
 
     def trainable_parameter_count(self) -> int:
-        """Parameters the method learns: VGA plus every adapter (the frozen backbone excluded)."""
-        return sum(p.numel() for p in self.head.parameters())
+        """Parameters the method learns so far: VGA, every adapter (and task token), and the prompt
+        variant's trained parameters (the frozen backbone, and MaPLe's deep prompts under the official
+        flag, excluded)."""
+        head = sum(p.numel() for p in self.head.parameters()) if self.head is not None else 0
+        return head + self.prompt.learned_parameter_count()
 
     def final_trainable_parameter_count(self) -> int:
-        """Trainable parameters once every task is learned: VGA plus the final number of adapters."""
+        """Trainable parameters once every task is learned: VGA, the final number of adapters (and task
+        tokens) and the prompt variant's trained parameters; 0 for zero-shot."""
+        if self.head is None:
+            return 0
         vga = sum(p.numel() for p in self.head.vga.parameters()) if self.head.vga is not None else 0
         adapters = self.num_tasks if self.head.task_specific else 1
         probe = ProbabilisticAdapter(self.head.dim, layer_norm=self.head.layer_norm,
                                      deterministic=self.head.deterministic)
-        return vga + adapters * sum(p.numel() for p in probe.parameters())
+        tokens = self.num_tasks * self.head.dim if self.head.task_tokens is not None else 0
+        return (vga + adapters * sum(p.numel() for p in probe.parameters()) + tokens
+                + self.prompt.learned_parameter_count())
 
     def _peak_memory_mb(self) -> float:
         if self.device.type == "cuda":
@@ -437,8 +506,9 @@ class ContinualLearner:
             "version": CHECKPOINT_VERSION,
             "config_hash": self.cfg.config_hash(),
             "tasks_done": self.tasks_done,
-            "num_adapters": len(self.head.adapters),
-            "head": {k: v.detach().cpu() for k, v in self.head.state_dict().items()},
+            "num_adapters": len(self.head.adapters) if self.head is not None else 0,
+            "head": {k: v.detach().cpu() for k, v in self.head.state_dict().items()} if self.head is not None else {},
+            "prompt": {k: v.detach().cpu() for k, v in self.prompt.state_dict().items()},
             "memory": self.memory.state_dict(),
             "history": [r.to_dict() for r in self.history],
             "accuracy_rows": [list(r) for r in self._acc_rows],
@@ -451,10 +521,13 @@ class ContinualLearner:
         if state["config_hash"] != self.cfg.config_hash():
             raise UserError("checkpoint was written by a different configuration "
                             f"(hash {state['config_hash']}, this run {self.cfg.config_hash()})")
-        setup = self.setup_task(max(state["tasks_done"] - 1, 0))
-        for task in range(state["num_adapters"] if self.head.task_specific else min(state["num_adapters"], 1)):
-            self.head.grow(task, setup.template_mean, setup.template_variance)
-        self.head.load_state_dict(state["head"])
+        if self.head is not None:
+            setup = self.setup_task(max(state["tasks_done"] - 1, 0))
+            # Re-create the adapters (and task tokens) of the finished tasks; their values come from the state.
+            for task in range(max(state["num_adapters"], state["tasks_done"])):
+                self.head.grow(task, setup.template_mean, setup.template_variance)
+            self.head.load_state_dict(state["head"])
+        self.prompt.load_state_dict(state["prompt"])
         self.memory = ExemplarMemory.from_state_dict(state["memory"])
         self.history = [TaskResult.from_dict(r) for r in state["history"]]
         self._acc_rows = [list(r) for r in state["accuracy_rows"]]

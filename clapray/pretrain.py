@@ -59,6 +59,7 @@ from clapray.data.shapes import (
     sample_attributes,
     shape_class,
 )
+from clapray.data.shapes_cl import CONTINUAL_CLASSES, PRETRAIN_CLASSES
 from clapray.errors import ConfigError, UserError, exit_on_user_error
 from clapray.model.backbone import Backbone, load_backbone, register_model_configs
 from clapray.model.text_features import template_text_features
@@ -80,25 +81,8 @@ INFO_NAME = "info.json"
 CACHE_ENV = "CLAPRAY_CACHE"
 
 # --------------------------------------------------------------------------------------------------
-# The class split
+# The class split (CONTINUAL_CLASSES / PRETRAIN_CLASSES come from clapray.data.shapes_cl)
 
-
-def _split_classes() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(continual, pretraining) class names, both in canonical order.
-
-    The canonical enumeration walks the colour x shape grid in diagonals of 12 classes, each holding
-    every colour and every shape once. The first five diagonals (60 classes) are held out for continual
-    learning: each colour is held out with five shapes and seen in pretraining with the other seven,
-    and likewise each shape. Being a prefix of the canonical list, they also contain the default
-    ``shapes`` benchmark (its first 50 classes), so zero-shot on that is transfer too.
-    """
-    plain = all_shape_classes(len(COLOURS) * len(SHAPES))
-    held_out = 5 * len(SHAPES)
-    return tuple(plain[:held_out]), tuple(plain[held_out:])
-
-
-CONTINUAL_CLASSES, PRETRAIN_CLASSES = _split_classes()
-"""Names of the continual-learning classes (60) and the pretraining classes (84), canonical order."""
 
 # Patterned variants ("striped red triangle") of the pretraining combinations only: a patterned
 # variant of a held-out combination would put its class phrase into the captions.

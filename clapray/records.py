@@ -27,6 +27,26 @@ class NoveltyDetection:
 
 
 @dataclass(frozen=True)
+class ReliabilityBins:
+    """Per-bin calibration of the top-1 prediction at one step: the data of a reliability diagram.
+
+    Only non-empty bins are kept (so no field holds NaN and two equal results compare equal). ``bin``
+    indexes the equal-width confidence bins ``[lower, upper)`` of ``n_bins``; bin ``n_bins`` holds the
+    confidences of exactly 1.0 (``lower = upper = 1``), as :func:`clapray.metrics.calibration_bins`
+    keeps them apart. ``confidence`` and ``accuracy`` are the bin's mean top-1 confidence and its
+    fraction of correct predictions (both in [0, 1]).
+    """
+
+    n_bins: int
+    bin: tuple[int, ...]
+    lower: tuple[float, ...]
+    upper: tuple[float, ...]
+    count: tuple[int, ...]
+    confidence: tuple[float, ...]
+    accuracy: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class TaskResult:
     """Metrics after training (and consolidating) task ``task`` (0-based), evaluated on tasks 0..task.
 
@@ -49,6 +69,8 @@ class TaskResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds: train, consolidate, evaluate, total
     peak_memory_mb: float = float("nan")
     extra: dict[str, Any] = field(default_factory=dict)
+    # Dataset-level reliability bins over all seen test images; None where a producer does not compute them.
+    calibration: ReliabilityBins | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -61,6 +83,11 @@ class TaskResult:
             data[key] = tuple(data[key])
         if data.get("phndd") is not None:
             data["phndd"] = NoveltyDetection(**data["phndd"])
+        if data.get("calibration") is not None:
+            bins = dict(data["calibration"])
+            for key in ("bin", "lower", "upper", "count", "confidence", "accuracy"):
+                bins[key] = tuple(bins[key])
+            data["calibration"] = ReliabilityBins(**bins)
         return cls(**data)
 
     def summary_line(self) -> str:

@@ -5,6 +5,7 @@ Layout under a root (a local path, ``file://`` or ``s3://`` URI, or any ``pyarro
     <root>/runs/<run_id>.parquet                  one row per run, rewritten after every task
     <root>/tasks/<run_id>--task-<t:03d>.parquet      one row: the metrics after training task t
     <root>/accuracy/<run_id>--task-<t:03d>.parquet   one row per evaluated task j <= t: a[t, j]
+    <root>/calibration/<run_id>--task-<t:03d>.parquet   one row per non-empty confidence bin after task t
 
 The run writes its own rows as each task finishes (:class:`RunWriter`), so an interrupted run leaves
 readable results, and file names are deterministic, so a retried or resumed task overwrites its file
@@ -75,6 +76,7 @@ __all__ = [
     "RunWriter",
     "accuracy_schema",
     "aggregate",
+    "calibration_schema",
     "config_schema",
     "load_table",
     "run_schema",
@@ -83,8 +85,8 @@ __all__ = [
     "verify_consistency",
 ]
 
-Table = Literal["runs", "tasks", "accuracy"]
-TABLES: tuple[str, ...] = ("runs", "tasks", "accuracy")
+Table = Literal["runs", "tasks", "accuracy", "calibration"]
+TABLES: tuple[str, ...] = ("runs", "tasks", "accuracy", "calibration")
 RunStatus = Literal["running", "finished", "error", "stopped"]
 RUN_STATUSES: tuple[str, ...] = ("running", "finished", "error", "stopped")
 
@@ -178,6 +180,11 @@ _ACCURACY_COLUMNS: list[tuple[str, pa.DataType]] = [
     ("run_id", _STR), ("task", _I64), ("eval_task", _I64), ("acc", _F64), ("task_aware_acc", _F64),
     ("n_samples", _I64),
 ]
+# The reliability diagram's data (TaskResult.calibration): only results that carry it write these rows.
+_CALIBRATION_COLUMNS: list[tuple[str, pa.DataType]] = [
+    ("run_id", _STR), ("task", _I64), ("n_bins", _I64), ("bin", _I64), ("lower", _F64), ("upper", _F64),
+    ("count", _I64), ("mean_confidence", _F64), ("accuracy", _F64),
+]
 _RUN_HEAD: list[tuple[str, pa.DataType]] = [
     ("run_id", _STR), ("status", _STR), ("error", _STR), ("tasks_done", _I64), ("num_tasks", _I64),
     ("avg_acc", _F64), ("last_acc", _F64), ("bwt", _F64), ("ece", _F64), ("ece_per_batch", _F64),
@@ -216,6 +223,11 @@ def accuracy_schema(ids: Sequence[pa.Field] = ()) -> pa.Schema:
     return _schema(ids, _ACCURACY_COLUMNS, [f.name for f in ids])
 
 
+def calibration_schema(ids: Sequence[pa.Field] = ()) -> pa.Schema:
+    """Schema of a ``calibration`` file: ids, run_id, task, bin and its bounds, count, confidence, accuracy."""
+    return _schema(ids, _CALIBRATION_COLUMNS, [f.name for f in ids])
+
+
 def run_schema(ids: Sequence[pa.Field] = (), extra: Sequence[pa.Field] = ()) -> pa.Schema:
     """Schema of a ``runs`` file: ids, run_id, status and summaries, provenance, config fields, extras."""
     cols = [*_RUN_HEAD, *((f.name, f.type) for f in config_schema()), *((f.name, f.type) for f in extra)]
@@ -223,7 +235,7 @@ def run_schema(ids: Sequence[pa.Field] = (), extra: Sequence[pa.Field] = ()) -> 
 
 
 def _reserved_names() -> set[str]:
-    names = {n for n, _ in (*_TASK_HEAD, *_TASK_TAIL, *_ACCURACY_COLUMNS, *_RUN_HEAD)}
+    names = {n for n, _ in (*_TASK_HEAD, *_TASK_TAIL, *_ACCURACY_COLUMNS, *_CALIBRATION_COLUMNS, *_RUN_HEAD)}
     names |= {_loss_column(k) for k in LOSS_KEYS} | {_timing_column(k) for k in TIMING_KEYS}
     return names | set(config_schema().names)
 
@@ -475,8 +487,15 @@ class RunWriter:
                      "task_aware_acc": _float(result.task_aware_row[j]) if result.task_aware_row else math.nan,
                      "n_samples": int(result.n_eval[j]) if result.n_eval else None}
                     for j in range(len(result.accuracy_row))]
-        # Accuracy first, then the task row: a task file therefore implies a complete accuracy file, and
+        # Calibration and accuracy first, then the task row: a task file therefore implies the others, and
         # finished_tasks() (which lists task files) never reports a task whose matrix row is missing.
+        bins = result.calibration
+        if bins is not None:
+            cal_rows = [{**ids_and_run, "task": t, "n_bins": bins.n_bins, "bin": bins.bin[k], "lower": bins.lower[k],
+                         "upper": bins.upper[k], "count": bins.count[k], "mean_confidence": bins.confidence[k],
+                         "accuracy": bins.accuracy[k]} for k in range(len(bins.bin))]
+            _write_table(self.fs, self._dir("calibration"), self._task_file(t),
+                         pa.Table.from_pylist(cal_rows, schema=calibration_schema(self._id_fields)))
         _write_table(self.fs, self._dir("accuracy"), self._task_file(t),
                      pa.Table.from_pylist(acc_rows, schema=accuracy_schema(self._id_fields)))
         extra_losses = sorted(k for k in result.losses if k not in LOSS_KEYS)
@@ -576,6 +595,8 @@ def _empty_schema(table: Table) -> pa.Schema:
         return run_schema()
     if table == "tasks":
         return task_schema()
+    if table == "calibration":
+        return calibration_schema()
     return accuracy_schema()
 
 

@@ -57,6 +57,23 @@ def cell_task_counts(sweep: SweepConfig) -> dict[str, int]:
     return counts
 
 
+def _prepare_pretrained_backbones(sweep: SweepConfig) -> None:
+    """Pretrain the mini-CLIP here, once and visibly, when a cell uses it, before any trial waits for it.
+
+    Trials on this machine then find it cached; a trial on another node of a cluster pretrains the same
+    deterministic checkpoint itself (under a lock, so once per node).
+    """
+    from clapray.builders import MINI_CLIP_TAG, resolve_pretrained
+
+    seen: set[tuple[str, str | None]] = set()
+    for cell in sweep.cells():
+        cfg = sweep.cell_config(cell)
+        key = (cfg.backbone.model, cfg.backbone.cache_dir)
+        if cfg.backbone.pretrained == MINI_CLIP_TAG and key not in seen:
+            seen.add(key)
+            resolve_pretrained(cfg)
+
+
 def run_sweep(sweep: SweepConfig, *, address: str | None = None, out=None) -> "Any":
     """Run (or resume) ``sweep``; returns Ray Tune's ResultGrid."""
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
@@ -72,6 +89,7 @@ def run_sweep(sweep: SweepConfig, *, address: str | None = None, out=None) -> "A
 
     out = out or sys.stdout
     num_tasks = cell_task_counts(sweep)
+    _prepare_pretrained_backbones(sweep)
     root = sweep_root(sweep)
     res = sweep.resources
     if not ray.is_initialized():

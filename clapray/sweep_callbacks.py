@@ -1,18 +1,25 @@
 """Ray Tune callbacks of a sweep: readable progress lines, and trial outcomes recorded in the store.
 
 Ray's own progress tables are off (``verbose=0``); instead one line per finished task and per finished
-trial, with per-cell counts (done, running, stopped, failed) and the best complete metric so far.
+trial, each ending with its cell's counts (done, running, pending, stopped, failed) and the best final
+metric of the cell's complete trials so far, and one line per cell when the sweep ends. The counts come
+from Ray Tune's list of all trials, so a resumed sweep counts the trials finished before it too.
+Ray Tune's own loggers (CSV, JSON, TensorBoard) stay on: ``tensorboard --logdir <storage>/<sweep>``.
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from collections import defaultdict
+from dataclasses import dataclass
+from typing import Iterable, Mapping
 
 from ray.tune import Callback
 
 from clapray.config import RunConfig, from_mapping
+
+# The states a trial is counted in, in the order the progress lines give them.
+TRIAL_STATES = ("done", "running", "pending", "stopped", "failed")
 
 
 def trial_ids(trial) -> tuple[str, dict]:
@@ -23,54 +30,108 @@ def trial_ids(trial) -> tuple[str, dict]:
     return f"trial-{trial.trial_id}", ids
 
 
+@dataclass(frozen=True)
+class TrialState:
+    """What the progress lines need of one trial: its cell, its state, its final metric when done."""
+
+    cell: str
+    state: str  # one of TRIAL_STATES
+    value: float | None = None
+
+
+def classify_trial(status: str, result: Mapping | None, num_tasks: int, metric: str, cell: str) -> TrialState:
+    """The state of a trial from Ray Tune's status (PENDING, RUNNING, PAUSED, TERMINATED, ERROR) and its
+    last result: a terminated trial is done when it ran every task, failed when it diverged, else stopped
+    (by the scheduler, or before it started)."""
+    result = result or {}
+    if status == "ERROR":
+        return TrialState(cell, "failed")
+    if status == "RUNNING":
+        return TrialState(cell, "running")
+    if status in ("PENDING", "PAUSED"):
+        return TrialState(cell, "pending")
+    if result.get("diverged"):
+        return TrialState(cell, "failed")
+    if result.get("tasks_done", 0) >= num_tasks:
+        value = result.get(metric)
+        finite = isinstance(value, (int, float)) and math.isfinite(value)
+        return TrialState(cell, "done", float(value) if finite else None)
+    return TrialState(cell, "stopped")
+
+
+def cell_summary(states: Iterable[TrialState], cell: str, metric: str, mode: str) -> str:
+    """``[2 done, 1 running, 3 pending, 0 stopped, 1 failed; best avg_acc 72.31]`` for one cell."""
+    counts = {s: 0 for s in TRIAL_STATES}
+    values = []
+    for st in states:
+        if st.cell == cell:
+            counts[st.state] += 1
+            if st.state == "done" and st.value is not None:
+                values.append(st.value)
+    best = (max(values) if mode == "max" else min(values)) if values else None
+    best_text = f"best {metric} {best:.2f}" if best is not None else f"best {metric} -"
+    return "[" + ", ".join(f"{counts[s]} {s}" for s in TRIAL_STATES) + f"; {best_text}]"
+
+
+def progress_lines(states: Iterable[TrialState], metric: str, mode: str) -> list[str]:
+    """One ``cell  [counts; best]`` line per cell, cells sorted."""
+    states = list(states)
+    cells = sorted({s.cell for s in states})
+    width = max((len(c) for c in cells), default=0)
+    return [f"{c:<{width}}  {cell_summary(states, c, metric, mode)}" for c in cells]
+
+
 class ProgressPrinter(Callback):
     def __init__(self, sweep, num_tasks: dict[str, int], out=None):
         self.metric, self.mode = sweep.search.metric, sweep.search.mode
         self.num_tasks = num_tasks
         self.out = out or sys.stdout
-        self.state: dict[str, dict[str, str]] = defaultdict(dict)  # cell -> trial -> state
-        self.best: dict[str, float] = {}
 
     def _print(self, text: str) -> None:
         print(text, file=self.out, flush=True)
 
-    def _cell_summary(self, cell: str) -> str:
-        counts = defaultdict(int)
-        for state in self.state[cell].values():
-            counts[state] += 1
-        best = self.best.get(cell)
-        best_text = f"best {self.metric} {best:.2f}" if best is not None else "best -"
-        return (f"[{cell}: {counts['done']} done, {counts['running']} running, {counts['stopped']} stopped, "
-                f"{counts['failed']} failed; {best_text}]")
+    def _states(self, trials, override=None) -> list[TrialState]:
+        """Every trial's state; ``override`` is (trial, state) for the trial a hook is about, whose status
+        Ray Tune changes only after some hooks run (it is still RUNNING in ``on_trial_complete``)."""
+        out = []
+        for t in trials:
+            cell = t.config.get("cell")
+            if cell is None:  # not yet given a configuration by the searcher
+                continue
+            if override is not None and t is override[0]:
+                out.append(override[1])
+            else:
+                out.append(classify_trial(t.status, t.last_result, self.num_tasks.get(cell, 0), self.metric, cell))
+        return out
 
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self.state[trial.config["cell"]][trial.trial_id] = "running"
+    def _summary(self, trials, cell: str, override=None) -> str:
+        return cell_summary(self._states(trials, override), cell, self.metric, self.mode)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if "tasks_done" not in result or result.get("diverged"):
             return
         cell = trial.config["cell"]
+        running = (trial, TrialState(cell, "running"))
         self._print(f"{cell}  {trial.trial_id}  seed {trial.config['seed']}  task {result['tasks_done']}/"
                     f"{self.num_tasks[cell]}  acc {result.get('acc', float('nan')):6.2f}  "
-                    f"avg {result.get('avg_acc', float('nan')):6.2f}")
+                    f"avg {result.get('avg_acc', float('nan')):6.2f}  {self._summary(trials, cell, running)}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         cell = trial.config["cell"]
         result = trial.last_result or {}
-        done = result.get("tasks_done", 0) >= self.num_tasks[cell] and not result.get("diverged")
-        self.state[cell][trial.trial_id] = "done" if done else ("failed" if result.get("diverged") else "stopped")
-        value = result.get(self.metric)
-        if done and value is not None and math.isfinite(value):
-            better = max if self.mode == "max" else min
-            self.best[cell] = value if cell not in self.best else better(self.best[cell], value)
-        what = "finished" if done else ("diverged" if result.get("diverged") else
-                                        f"stopped after task {result.get('tasks_done', 0)}")
-        self._print(f"{cell}  {trial.trial_id}  {what}  {self._cell_summary(cell)}")
+        state = classify_trial("TERMINATED", result, self.num_tasks[cell], self.metric, cell)
+        what = {"done": "finished", "failed": "diverged"}.get(
+            state.state, f"stopped after task {result.get('tasks_done', 0)}")
+        self._print(f"{cell}  {trial.trial_id}  {what}  {self._summary(trials, cell, (trial, state))}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         cell = trial.config["cell"]
-        self.state[cell][trial.trial_id] = "failed"
-        self._print(f"{cell}  {trial.trial_id}  failed  {self._cell_summary(cell)}")
+        failed = (trial, TrialState(cell, "failed"))
+        self._print(f"{cell}  {trial.trial_id}  failed  {self._summary(trials, cell, failed)}")
+
+    def on_experiment_end(self, trials, **info):
+        for line in progress_lines(self._states(trials), self.metric, self.mode):
+            self._print(line)
 
 
 class StoreStatusCallback(Callback):

@@ -73,10 +73,11 @@ REPORTED_METRICS = ("avg_acc", "last_acc", "acc", "bwt", "ece", "ece_per_batch")
 METRIC_MODES: Mapping[str, str] = types.MappingProxyType({
     "avg_acc": "max", "last_acc": "max", "acc": "max", "bwt": "max", "ece": "min", "ece_per_batch": "min"})
 
-# Prompt variants a trial can run today. This grows with the prompt-variant registry: add a name here
-# when the learner implements it (config.PROMPT_VARIANTS lists every name that will eventually exist).
-# Kept as a literal because importing the learner would pull in torch.
-AVAILABLE_VARIANTS = ("handcrafted", "zeroshot")
+# Prompt variants a trial can run: every name of config.PROMPT_VARIANTS is implemented by the prompt-variant
+# registry (clapray.model.prompts; a test keeps the two in step). Kept apart from the registry because
+# importing it would pull in torch; a name listed in PROMPT_VARIANTS but not here is refused as not yet
+# implemented.
+AVAILABLE_VARIANTS = PROMPT_VARIANTS
 
 SEARCH_ALGORITHMS = ("tpe", "random", "grid")
 
@@ -430,6 +431,10 @@ class SweepConfig:
         except ConfigError as err:
             raise ConfigError(f"{self.source} (cell {cell.name})", err.field, err.expected, err.got,
                               got_text=err.got_text) from None
+
+    def cell_config(self, cell: Cell | str) -> RunConfig:
+        """The run config of ``cell`` before sampling: base, ``set``, preset and grid values applied."""
+        return _apply(self.base, self._trial_assignments(self._as_cell(cell), {}))
 
     def storage_path(self) -> str:
         """``storage`` as Ray wants it: an s3:// URI unchanged, a local path made absolute (from the cwd)."""

@@ -200,4 +200,5 @@ FAKE_DATA: dict[str, FakeData] = {
     "vtab": FakeData(write_fake_vtab, 50, _mutate_vtab),
     "cdcl": FakeData(write_fake_cdcl, 200, _mutate_cdcl),
     "shapes": FakeData(_shapes_options, 10, _mutate_shapes),
+    "shapes_cl": FakeData(_shapes_options, 10, _mutate_shapes),
 }

@@ -235,9 +235,9 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_default_pretraining_transfers_to_the_continual_classes(tmp_path):
+def test_default_pretraining_transfers_to_the_continual_classes(mini_clip_cache):
     torch.set_num_threads(2)
-    path = pt.ensure_mini_clip(tmp_path)
+    path = pt.ensure_mini_clip(Path(mini_clip_cache) / "mini-clip")
     backbone = load_backbone(pt.MODEL_NAME, pretrained=str(path))
     result = pt.evaluate(backbone)
     torch.manual_seed(0)

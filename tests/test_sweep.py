@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,7 +42,9 @@ def test_bad_sweep_exits_2_with_one_line(tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1 and "grid.method.vga.depht" in proc.stderr
 
 
-SMALL = ["set.data.shapes.num_classes=6", "set.data.shapes.train_per_class=8", "set.data.shapes.test_per_class=4",
+# The shipped quickstart on the tiny random-weight backbone (no pretraining) and its two CLAP cells.
+SMALL = ["set.backbone.model=clapray-tiny-vit", "set.backbone.pretrained=null", "grid.setting=[standard, replay_free]",
+         "set.data.shapes.num_classes=6", "set.data.shapes.train_per_class=8", "set.data.shapes.test_per_class=4",
          "set.data.num_tasks=3", "set.optim.batch_size=8", "search.trials_per_cell=1",
          "set.method.vga.ff_dim=64"]
 
@@ -65,6 +68,11 @@ def test_sweep_survives_a_failed_trial_resumes_and_matches_a_plain_run(tmp_path)
     assert len(accuracy) == 2 * (1 + 2 + 3)
     assert verify_consistency(root) == []
     assert "finished" in proc.stdout and "Traceback" not in proc.stdout
+    # The live view: every progress line carries its cell's counts and best metric; one line per cell at the end.
+    assert re.search(r"^setting=standard +\[1 done, 0 running, 0 pending, 0 stopped, 0 failed; best avg_acc \d",
+                     proc.stdout, re.M), proc.stdout[-3000:]
+    # Ray Tune's TensorBoard logger stays on and its event files land beside the store.
+    assert list(root.glob("trial_driver_*/events.out.tfevents.*"))
 
     # The resumed trials' numbers equal an uninterrupted in-process run of the same configuration.
     import torch

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from clapray.config import RunConfig
+from clapray.config import PROMPT_VARIANTS, RunConfig
 from clapray.errors import ConfigError, UserError
 from clapray.sweep_config import (
     AVAILABLE_VARIANTS,
@@ -109,11 +109,13 @@ def test_shipped_sweep_loads_and_describes(path: Path):
 
 def test_quickstart_sweep_is_small_and_runs_on_cpu():
     sweep = load_sweep_config(ROOT / "sweeps" / "quickstart.yaml")
-    assert [c.name for c in sweep.cells()] == ["setting=standard", "setting=replay_free"]
-    assert [sweep.trials_for(c) for c in sweep.cells()] == [2, 2]
-    assert sweep.seeds == (0,) and sweep.trial_count() == 4
-    assert sweep.base.device == "cpu" and sweep.base.data.dataset == "shapes"
-    assert sweep.base.method.variant == "handcrafted"
+    assert [c.name for c in sweep.cells()] == ["setting=zero_shot", "setting=standard", "setting=replay_free"]
+    assert [sweep.trials_for(c) for c in sweep.cells()] == [1, 2, 2]
+    assert sweep.seeds == (0,) and sweep.trial_count() == 5
+    assert sweep.base.device == "cpu" and sweep.base.data.dataset == "shapes_cl"
+    assert sweep.base.backbone.pretrained == "clapray-shapes"
+    assert [sweep.cell_config(c).method.variant for c in sweep.cells()] == ["zeroshot", "handcrafted", "handcrafted"]
+    assert [sweep.cell_config(c).budget.replay_free for c in sweep.cells()] == [False, False, True]
     assert sweep.resources.gpus_per_worker == 0 and sweep.resources.cpus_per_worker == 1
     assert sweep.storage == "results"
 
@@ -122,16 +124,20 @@ def test_variants_sweep_is_table_one():
     sweep = load_sweep_config(ROOT / "sweeps" / "variants.yaml")
     datasets = {c.overrides["data.dataset"] for c in sweep.cells()}
     assert datasets == {"cifar100", "imagenet100", "imagenet_r", "cub200", "vtab"}
-    assert {c.overrides["method.deterministic"] for c in sweep.cells()} == {False, True}
+    rows = {(c.overrides["method.variant"], c.overrides["method.deterministic"]) for c in sweep.cells()}
+    # Every variant with and without VI, and the zero-shot reference row once (it has no head).
+    learned = [v for v in PROMPT_VARIANTS if v != "zeroshot"]
+    assert rows == {("zeroshot", False)} | {(v, det) for v in learned for det in (False, True)}
     assert sweep.search.algorithm == "grid" and not sweep.search.space
-    assert sweep.seeds == (0, 1, 2) and sweep.trial_count() == 10 * 3
+    assert sweep.seeds == (0, 1, 2) and sweep.trial_count() == len(rows) * 5 * 3
     # data.num_tasks stays null, so VTAB gets its own 5 tasks from the benchmark.
     assert sweep.base.data.num_tasks is None
 
 
 def test_ablation_sweep_conditions():
     sweep = load_sweep_config(ROOT / "sweeps" / "ablation.yaml")
-    assert len(sweep.cells()) == 6 and sweep.scheduler is not None
+    assert set(sweep.grid["method.variant"]) == set(PROMPT_VARIANTS)
+    assert len(sweep.cells()) == len(PROMPT_VARIANTS) * 6 and sweep.scheduler is not None
     standard = sweep.cell("variant=handcrafted,deterministic=false,setting=standard")
     replay_free = sweep.cell("variant=handcrafted,deterministic=false,setting=replay_free")
     deterministic = sweep.cell("variant=handcrafted,deterministic=true,setting=standard")
@@ -139,6 +145,13 @@ def test_ablation_sweep_conditions():
     assert "memory.size" not in sweep.active_space(replay_free)
     assert "method.mc_samples_train" not in sweep.active_space(deterministic)
     assert replay_free.overrides["budget.replay_free"] is True
+    # Zero-shot trains nothing: nothing is sampled and its cells run one configuration.
+    zeroshot = sweep.cell("variant=zeroshot,deterministic=false,setting=standard")
+    assert not sweep.active_space(zeroshot) and sweep.trials_for(zeroshot) == 1
+    # The prompt variants' own sizes are searched only where they apply.
+    assert "method.prompt.maple_depth" in sweep.active_space("variant=maple,deterministic=false,setting=standard")
+    assert "method.prompt.maple_depth" not in sweep.active_space(standard)
+    assert "method.prompt.n_ctx" in sweep.active_space("variant=cocoop,deterministic=true,setting=budget")
 
 
 def test_sweep_config_imports_no_heavy_frameworks():
@@ -280,7 +293,18 @@ def test_when_may_name_a_later_parameter_but_not_a_cycle(tmp_path):
                  "search.space.method.kd_weight.when.method.mc_samples_train", "choice [1, 5]", "got 3")
 
 
-def test_unavailable_variant(tmp_path):
+def test_every_prompt_variant_is_available_and_unknown_ones_are_refused(tmp_path):
+    assert set(AVAILABLE_VARIANTS) == set(PROMPT_VARIANTS)
+    sweep = load_sweep_config(write_sweep(tmp_path, variant(set=None, grid={"method.variant": list(PROMPT_VARIANTS)})))
+    assert [c.overrides["method.variant"] for c in sweep.cells()] == list(PROMPT_VARIANTS)
+    err = load_error(tmp_path, variant(grid={"method.variant": ["handcrafted", "copo"]}))
+    assert_error(err, tmp_path / "sweep.yaml", "grid.method.variant",
+                 "an available variant (handcrafted, coop, maple, attriclip, cocoop, zeroshot)", "got 'copo'")
+
+
+def test_unavailable_variant(tmp_path, monkeypatch):
+    # A name the config knows but no trial can run yet (as when a variant is declared before it exists).
+    monkeypatch.setattr("clapray.sweep_config.AVAILABLE_VARIANTS", ("handcrafted", "zeroshot"))
     err = load_error(tmp_path, variant(grid={"method.variant": ["handcrafted", "coop"]}))
     assert str(err) == (f"{tmp_path / 'sweep.yaml'}: grid.method.variant: expected an available variant "
                         "(handcrafted, zeroshot; coop, maple, attriclip, cocoop are not implemented yet), "

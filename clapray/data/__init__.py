@@ -1,11 +1,11 @@
 """Benchmarks, class-incremental scenarios and transforms.
 
 Importing this package registers every benchmark builder (``cifar100``, ``imagenet100``, ``imagenet_r``,
-``cub200``, ``vtab``, ``cdcl``, ``shapes``). It imports neither torch/torchvision nor Ray/Optuna; the
-transform helpers import torchvision when called.
+``cub200``, ``vtab``, ``cdcl``, ``shapes``, ``shapes_cl``). It imports neither torch/torchvision nor
+Ray/Optuna; the transform helpers import torchvision when called.
 """
 
-from clapray.data import cifar, folders, chain, shapes  # noqa: F401  (registration side effects)
+from clapray.data import cifar, folders, chain, shapes, shapes_cl  # noqa: F401  (registration side effects)
 from clapray.data.base import (
     Benchmark,
     LabeledImages,

@@ -3,7 +3,8 @@
 Given L2-normalised image embeddings X [B, d] and base text features T [C, d] of the C classes seen so
 far (ordered task by task), one forward pass computes
 
-    H      = T + VGA(T, X)                                  [C, d]   ([B, C, d] with per-image context)
+    H      = T + VGA(T, X)                                  [C, d]   ([B, C, d] with per-image context
+                                                                      or per-image queries T [B, C, d])
     for every task i, over its class block C_i:
       mu_i, sigma_i = adapter_i(H[C_i])
       z^(m)         = mu_i + sigma_i * eps^(m)              [M, n_i, d]  (reparameterised; same draws for
@@ -14,7 +15,12 @@ far (ordered task by task), one forward pass computes
 
 and, for the tasks asked for, the KL to the prior and the language-aware KD term (both unweighted). The
 deterministic "w/o VI" head uses W = H + mu (M = 1, no KL). The head knows nothing of prompts: any prompt
-variant supplies T.
+variant supplies T, shared [C, d] or per image [B, C, d] (CoCoOp), and optionally an image-specific term
+T_img [B, C, d] added to every class embedding, W_{b,c} = T_img_{b,c} + H_c + z_c (AttriCLIP, §3.4).
+
+With task tokens (AttriCLIP, ``--expandable-tokens``) one learnable token per task joins the VGA queries,
+[C + T, d] under the mask of :func:`~clapray.model.vga.task_attention_mask` with ``task_tokens``, and the
+decoder's output at token i is added to the h_c of every class of task i.
 """
 
 from __future__ import annotations
@@ -41,8 +47,8 @@ class HeadOutput:
 
 
 def default_vga_heads(variant: str, deterministic: bool, dim: int) -> int:
-    """The official head counts (§4): hand-crafted 1, AttriCLIP 8, CoOp/MaPLe/w/o VI d/64."""
-    if variant == "attriclip":
+    """The official head counts (§4): hand-crafted 1, AttriCLIP 8, CoOp/MaPLe/CoCoOp/w/o VI d/64."""
+    if variant == "attriclip" and dim % 8 == 0:
         return 8
     if variant == "handcrafted" and not deterministic:
         return 1
@@ -55,7 +61,7 @@ def uses_adapter_layer_norm(variant: str, deterministic: bool) -> bool:
 
 
 class ClapHead(nn.Module):
-    def __init__(self, dim: int, logit_scale: float, method: MethodConfig):
+    def __init__(self, dim: int, logit_scale: float, method: MethodConfig, *, task_tokens: bool = False):
         super().__init__()
         vga = method.vga
         heads = vga.heads or default_vga_heads(method.variant, method.deterministic, dim)
@@ -72,6 +78,8 @@ class ClapHead(nn.Module):
         self.prior = method.prior
         self.prior_context_size = method.prior_context_size
         self.language_init = method.language_init
+        # One [1, d] token per task (only meaningful with VGA, which is what reads them).
+        self.task_tokens = nn.ParameterList() if task_tokens and self.vga is not None else None
 
     # ------------------------------------------------------------------------------------------------
     # Growth
@@ -85,38 +93,70 @@ class ClapHead(nn.Module):
         The new adapter is initialised from the template statistics of all classes seen so far. With one
         shared adapter the init runs only when it is created: re-initialising it at every task, as the
         official code does, would wipe what it learned (P15). Returns the parameters trainable in main
-        training (the current adapter; VGA is added by the caller).
+        training (the current adapter, with the task's token when the head has task tokens; VGA is added by
+        the caller).
         """
         while len(self.adapters) <= self.adapter_index(task):
             adapter = ProbabilisticAdapter(self.dim, layer_norm=self.layer_norm, deterministic=self.deterministic)
             self.adapters.append(adapter.to(template_mean.device))
             if self.language_init:
                 language_aware_init(adapter, template_mean, template_variance)
-        return list(self.adapters[self.adapter_index(task)].parameters())
+        params = list(self.adapters[self.adapter_index(task)].parameters())
+        if self.task_tokens is not None:
+            while len(self.task_tokens) <= task:
+                # The first token is N(0, 1); every later one a fresh xavier-uniform draw (§3.4).
+                token = torch.empty(1, self.dim, device=template_mean.device)
+                if len(self.task_tokens) == 0:
+                    nn.init.normal_(token)
+                else:
+                    nn.init.xavier_uniform_(token)
+                self.task_tokens.append(nn.Parameter(token))
+            params.append(self.task_tokens[task])
+        return params
 
-    def visual_guided(self, text: Tensor, images: Tensor, task_mask: Tensor) -> Tensor:
-        """H = T + VGA(T, X): [C, d], or [B, C, d] with per-image context; T itself without VGA."""
-        return text if self.vga is None else self.vga(text, images, task_mask)
+    def visual_guided(self, text: Tensor, images: Tensor, task_mask: Tensor,
+                      task_slices: Sequence[tuple[int, int]] = ()) -> Tensor:
+        """H = T + VGA(T, X): [C, d], or [B, C, d] with per-image context or queries; T itself without VGA.
+
+        With task tokens, ``task_slices`` says which classes belong to which task: the decoder's output at
+        token i (its value minus the token: the outer residual is not applied to tokens) is added to h_c of
+        every class c of task i.
+        """
+        if self.vga is None:
+            return text
+        if self.task_tokens is None:
+            return self.vga(text, images, task_mask)
+        n_tasks = len(task_slices)
+        tokens = torch.cat(list(self.task_tokens)[:n_tasks])  # [T, d]
+        if text.dim() == 3:
+            tokens = tokens[None].expand(text.shape[0], -1, -1)  # [B, T, d]
+        n_classes = text.shape[-2]
+        out = self.vga(torch.cat([text, tokens], dim=-2), images, task_mask)  # [.., C + T, d]
+        token_out = out[..., n_classes:, :] - tokens  # [.., T, d]
+        sizes = torch.tensor([end - start for start, end in task_slices], device=text.device)
+        task_of_row = torch.repeat_interleave(torch.arange(n_tasks, device=text.device), sizes)  # [C]
+        return out[..., :n_classes, :] + token_out[..., task_of_row, :]
 
     # ------------------------------------------------------------------------------------------------
     # Forward
 
     def forward(self, images: Tensor, text: Tensor, task_slices: Sequence[tuple[int, int]], task_mask: Tensor,
                 n_samples: int, *, regularize: Sequence[int] = (), template_mean: Tensor | None = None,
-                labels: Tensor | None = None) -> HeadOutput:
+                labels: Tensor | None = None, image_text: Tensor | None = None) -> HeadOutput:
         """Logits [M, B, C] of the seen classes and the KL/KD terms of the tasks in ``regularize``.
 
         Args:
             images: [B, d] normalised image embeddings.
-            text: [C, d] base text features of the seen classes, task blocks in order.
+            text: [C, d] base text features of the seen classes, task blocks in order; or [B, C, d] per image.
             task_slices: (start, end) of every seen task's block of classes in ``text``.
-            task_mask: [C, C] bool VGA self-attention mask.
+            task_mask: [C, C] bool VGA self-attention mask ([C + T, C + T] with task tokens).
             n_samples: M (ignored by the deterministic head, which has M = 1).
             regularize: task indices whose KL and KD terms are computed.
             template_mean: [C, d] unnormalised template means, needed when KD or a language prior is used.
             labels: [B] targets, used by the data-driven prior to pick its context images.
+            image_text: optional [B, C, d] image-specific term of every class embedding (AttriCLIP).
         """
-        h = self.visual_guided(text, images, task_mask)  # [C, d] or [B, C, d]
+        h = self.visual_guided(text, images, task_mask, task_slices)  # [C, d] or [B, C, d]
         per_image = h.dim() == 3
         m = 1 if self.deterministic else n_samples
         blocks, kl, kd = [], images.new_zeros(()), images.new_zeros(())
@@ -131,18 +171,25 @@ class ClapHead(nn.Module):
                 z = mu[None] + sigma[None] * eps  # [M, ..., n_i, d]
             w = h_i[None] + z
             if per_image:
-                blocks.append(self.logit_scale * torch.einsum("bd,mbnd->mbn", images, w))
+                logits = self.logit_scale * torch.einsum("bd,mbnd->mbn", images, w)
             else:
-                blocks.append(self.logit_scale * torch.einsum("bd,mnd->mbn", images, w))
+                logits = self.logit_scale * torch.einsum("bd,mnd->mbn", images, w)
+            if image_text is not None:
+                # s <x_b, t_{b,c}>, the same for every sample: added to the logits rather than to W, so no
+                # [M, B, n, d] tensor is materialised.
+                logits = logits + self.logit_scale * torch.einsum("bd,bnd->bn", images, image_text[:, start:end])[None]
+            blocks.append(logits)
             if task in regularize:
                 if sigma is not None:
-                    kl = kl + self._kl(task, mu, sigma, start, end, images, text, task_mask, template_mean, labels)
+                    kl = kl + self._kl(task, mu, sigma, start, end, images, text, task_mask, template_mean, labels,
+                                       task_slices)
                 if template_mean is not None:
                     kd = kd + language_aware_kd(template_mean[start:end], z)
         return HeadOutput(torch.cat(blocks, dim=-1), kl, kd)
 
     def _kl(self, task: int, mu: Tensor, sigma: Tensor, start: int, end: int, images: Tensor, text: Tensor,
-            task_mask: Tensor, template_mean: Tensor | None, labels: Tensor | None) -> Tensor:
+            task_mask: Tensor, template_mean: Tensor | None, labels: Tensor | None,
+            task_slices: Sequence[tuple[int, int]]) -> Tensor:
         if self.prior == "standard":
             return kl_to_standard_normal(mu, sigma)
         adapter = self.adapters[self.adapter_index(task)]
@@ -163,6 +210,8 @@ class ClapHead(nn.Module):
             context = images[torch.randperm(images.shape[0], device=images.device)[:keep]]
         else:
             context = images[in_task]
-        prior_h = self.visual_guided(text, context, task_mask)[start:end]
+        if text.dim() == 3:
+            raise UserError("method.prior: data_driven needs text features shared by the batch (not cocoop)")
+        prior_h = self.visual_guided(text, context, task_mask, task_slices)[start:end]
         prior_mu, prior_sigma = adapter(prior_h)
         return kl_between_normals(mu, sigma, prior_mu, prior_sigma)

@@ -24,9 +24,17 @@ from torch import Tensor, nn
 from clapray.errors import UserError
 
 
-def task_attention_mask(task_of_class: np.ndarray | Tensor, device: torch.device | None = None) -> Tensor:
-    """Boolean [C, C] mask, True = blocked: query c may attend to key c' only within its own task."""
+def task_attention_mask(task_of_class: np.ndarray | Tensor, device: torch.device | None = None, *,
+                        task_tokens: bool = False) -> Tensor:
+    """Boolean [C, C] mask, True = blocked: query c may attend to key c' only within its own task.
+
+    With ``task_tokens`` (AttriCLIP, §4) the queries are the C classes followed by one token per seen task,
+    [C + T, C + T]: a token belongs to its task, so it attends to itself and its task's classes, and a
+    class of task i attends to its task's classes and token i.
+    """
     tasks = torch.as_tensor(np.array(task_of_class), device=device)
+    if task_tokens:
+        tasks = torch.cat([tasks, torch.arange(int(tasks.max()) + 1, device=tasks.device, dtype=tasks.dtype)])
     return tasks[:, None] != tasks[None, :]
 
 
@@ -51,12 +59,18 @@ class VisualGuidedAttention(nn.Module):
         """Visual-guided text features.
 
         Args:
-            text: [C, d] base text features of the seen classes (queries).
+            text: [C, d] base text features of the seen classes (queries), or [B, C, d] per image
+                (CoCoOp): image b's own queries.
             images: [B, d] L2-normalised image embeddings of the batch (memory).
             task_mask: [C, C] bool, True where a query may not attend (see :func:`task_attention_mask`).
         Returns:
-            [C, d] for ``batch`` context, [B, C, d] for ``image`` context.
+            [C, d] for ``batch`` context with shared queries, else [B, C, d].
         """
+        if text.dim() == 3:
+            # Per-image queries: with batch context each image's queries attend over the whole batch
+            # (memory [B, B, d]), with image context over the image itself (memory [B, 1, d]).
+            memory = images[None].expand(images.shape[0], -1, -1) if self.context == "batch" else images[:, None, :]
+            return text + self.decoder(text, memory, tgt_mask=task_mask)
         if self.context == "batch":
             out = self.decoder(text[None], images[None], tgt_mask=task_mask)  # [1, C, d]
             return text + out[0]

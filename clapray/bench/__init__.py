@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m clapray.bench <subcommand>`` (see :mod:`clapray.bench.__main__`)."""

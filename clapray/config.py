@@ -248,6 +248,10 @@ class DataConfig(_Config):
                                  "validation (the paper tuned on 10% of CIFAR-100 train)", ge=0.0, lt=1.0)
     num_workers: int = _field(2, doc="DataLoader worker processes", ge=0)
     shapes: ShapesConfig = _field(factory=ShapesConfig, doc="options of the shapes dataset")
+    feature_cache: bool = _field(
+        True, doc="train and evaluate on image embeddings computed once (both flip views) when the variant "
+        "keeps the image tower frozen (all but MaPLe); false = encode images every step. Same batches and "
+        "flips either way, so the metrics agree up to float rounding")
 
 
 @dataclass(frozen=True)

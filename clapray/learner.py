@@ -34,7 +34,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -46,9 +46,11 @@ from clapray.config import RunConfig
 from clapray.data.memory import ExemplarMemory, resolve_budget
 from clapray.data.scenario import TaskSubset
 from clapray.data.selectors import get_selector, inputs_by_class, predictive_probs
-from clapray.data.transforms import train_transform
+from clapray.data.transforms import view_transform
 from clapray.errors import UserError
 from clapray.evaluation import step_metrics
+from clapray.features import ImageFeatures
+from clapray.features.provide import features_for, uses_feature_cache
 from clapray.losses import mc_cross_entropy
 from clapray.model.adapters import ProbabilisticAdapter
 from clapray.model.clap import ClapHead, HeadOutput
@@ -61,27 +63,39 @@ from clapray.schedule import cosine_with_warmup, effective_lr, warmup_steps
 CHECKPOINT_VERSION = 2
 
 
-class ShardedShuffle(torch.utils.data.Sampler):
-    """One rank's share of a shuffle that every rank draws identically (seed, epoch).
+class PlannedViews:
+    """Map-style dataset over a training plan: item ``k`` is image ``indices[k]`` in view ``flips[k]``.
 
-    Shares are equal (the last ``n % world`` shuffled items of an epoch are left out), so every rank
-    makes the same number of steps and the gradient all-reduce never waits for a missing rank.
+    The flip of every position is drawn by the learner from a seeded generator, not by a random transform
+    inside the loader, so training on images and training on cached embeddings of the two views see the
+    same views in the same batches.
     """
 
-    def __init__(self, n: int, seed: int, rank: int, world_size: int):
-        self.n, self.seed, self.rank, self.world_size = n, seed, rank, world_size
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
-        usable = self.n - self.n % self.world_size
-        return iter(order[:usable][self.rank::self.world_size].tolist())
+    def __init__(self, split: Any, indices: np.ndarray, flips: np.ndarray, label_map: np.ndarray, preprocess: Any):
+        self.split, self.indices, self.flips = split, np.asarray(indices), np.asarray(flips, dtype=bool)
+        self.label_map = np.asarray(label_map, dtype=np.int64)
+        self.views = (view_transform(preprocess, False), view_transform(preprocess, True))
 
     def __len__(self) -> int:
-        return self.n // self.world_size
+        return int(self.indices.shape[0])
+
+    def __getitem__(self, k: int) -> tuple[Tensor, int]:
+        image, label = self.split[int(self.indices[k])]
+        return self.views[int(self.flips[k])](image), int(self.label_map[label])
+
+
+def epoch_plan(n: int, generator: torch.Generator, rank: int = 0, world_size: int = 1
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """One epoch over ``n`` items: ``(positions, flipped)`` of this rank, in batch order.
+
+    Every rank draws the same permutation and flips from its copy of ``generator`` and takes an equal
+    share (``rank::world_size``; the last ``n % world_size`` items are left out), so each step's global
+    batch is one slice of the shared order and the gradient all-reduce never waits for a missing rank.
+    """
+    order = torch.randperm(n, generator=generator)
+    flipped = torch.rand(n, generator=generator) < 0.5  # RandomHorizontalFlip(p=0.5), drawn up front
+    usable = n - n % world_size
+    return order[:usable][rank::world_size].numpy(), flipped[:usable][rank::world_size].numpy()
 
 
 class TrainingDiverged(RuntimeError):
@@ -150,7 +164,11 @@ class PhaseStats:
 class ContinualLearner:
     """One CLAP4CLIP run. ``run()`` trains the remaining tasks; ``state_dict()`` checkpoints it."""
 
-    def __init__(self, cfg: RunConfig, *, backbone=None, scenario=None, device: torch.device | None = None):
+    def __init__(self, cfg: RunConfig, *, backbone=None, scenario=None, device: torch.device | None = None,
+                 features: ImageFeatures | None = None, feature_store: str | None = None):
+        """``features``: precomputed embeddings of the benchmark (a sweep shares them); ``feature_store``:
+        where to keep (and look for) them otherwise; without either they are computed in memory on first
+        use. All three only apply when :func:`~clapray.features.provide.uses_feature_cache` holds."""
         self.cfg = cfg
         self.device = device or resolve_device(cfg)
         self.backbone = backbone if backbone is not None else build_backbone(cfg, self.device)
@@ -178,7 +196,11 @@ class ContinualLearner:
         self.tasks_done = 0
         self.history: list[TaskResult] = []
         self._acc_rows: list[list[float]] = []
-        self._train_tf = train_transform(self.backbone.preprocess)
+        self.uses_feature_cache = uses_feature_cache(cfg)
+        self._features = features if self.uses_feature_cache else None
+        self._feature_store = feature_store
+        if self._features is not None:
+            self._check_features(self._features)
         # Data-parallel training when a process group is up (Ray Train workers): every rank draws the
         # same shuffle, takes its equal share of it and all-reduces the gradients, so one optimiser step
         # sees the global batch. Evaluation and memory selection run identically on every rank.
@@ -297,8 +319,14 @@ class ContinualLearner:
 
     def step_loss(self, images: Tensor, labels: Tensor, setup: TaskSetup, regularize: Sequence[int]
                   ) -> tuple[Tensor, dict[str, Tensor | None]]:
-        """The training objective of one batch (§9) and its unweighted terms (ce, kd, kl, prompt)."""
+        """The training objective of one batch of images (§9) and its unweighted terms."""
         x = self.prompt.encode_images(images.to(self.device, non_blocking=True))  # [B, d]
+        return self.embedding_loss(x, labels, setup, regularize)
+
+    def embedding_loss(self, x: Tensor, labels: Tensor, setup: TaskSetup, regularize: Sequence[int]
+                       ) -> tuple[Tensor, dict[str, Tensor | None]]:
+        """The training objective of one batch of image embeddings ``x`` [B, d] and its unweighted terms
+        (ce, kd, kl, prompt)."""
         text = self.prompt.text_features(setup.num_seen, x)
         labels = labels.to(self.device)
         method = self.cfg.method
@@ -317,9 +345,67 @@ class ContinualLearner:
     def _make_loader(self, dataset, batch_size: int, shuffle: bool,
                      generator: torch.Generator | None = None) -> DataLoader:
         workers = self.cfg.data.num_workers
+        # A loader draws its workers' base seed from ``generator``, else from the global RNG: a private one
+        # keeps the global stream (MC noise, dropout) the same whether images or cached embeddings are read.
+        generator = generator if generator is not None else torch.Generator().manual_seed(0)
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
                           num_workers=workers, pin_memory=self.device.type == "cuda",
                           persistent_workers=False)
+
+    # ------------------------------------------------------------------------------------------------
+    # Image embeddings: the frozen-feature cache or the image tower, behind one pair of generators
+
+    def _check_features(self, features: ImageFeatures) -> None:
+        bench = self.scenario.benchmark
+        if features.train.shape[1] != len(bench.train) or features.test.shape[0] != len(bench.test):
+            raise ValueError(f"features of key {features.key} hold {features.train.shape[1]} train / "
+                             f"{features.test.shape[0]} test images, the benchmark {len(bench.train)} / "
+                             f"{len(bench.test)}")
+        if features.dim != self.backbone.embed_dim:
+            raise ValueError(f"features of key {features.key} have dim {features.dim}, the backbone "
+                             f"{self.backbone.embed_dim}")
+
+    @property
+    def features(self) -> ImageFeatures | None:
+        """The benchmark's cached embeddings (computed or loaded on first use), or ``None`` when not used."""
+        if self._features is None and self.uses_feature_cache:
+            # Loaders draw a base seed from the global RNG: computing the features must not shift the
+            # draws of whichever phase first needs them (a resumed run needs them at another point).
+            with torch.random.fork_rng(devices=[]):
+                self._features, _ = features_for(self.cfg, self.backbone, self.scenario.benchmark,
+                                                 store_root=self._feature_store)
+            self._check_features(self._features)
+        return self._features
+
+    def _train_batches(self, indices: np.ndarray, flips: np.ndarray, batch_size: int
+                       ) -> Iterator[tuple[Tensor, Tensor]]:
+        """``(x [B, d], labels [B])`` of training images ``indices`` in views ``flips``, in that order."""
+        labels = torch.as_tensor(self.scenario.label_map[np.asarray(self.scenario.benchmark.train.targets)[indices]])
+        features = self.features
+        if features is not None:
+            idx, flip = torch.as_tensor(indices), torch.as_tensor(flips)
+            for s in range(0, len(idx), batch_size):
+                x = features.train_views(idx[s:s + batch_size], flip[s:s + batch_size])
+                yield x.to(self.device, non_blocking=True), labels[s:s + batch_size].to(self.device)
+            return
+        dataset = PlannedViews(self.scenario.benchmark.train, indices, flips, self.scenario.label_map,
+                               self.backbone.preprocess)
+        for images, batch_labels in self._make_loader(dataset, batch_size, False):
+            yield self.prompt.encode_images(images.to(self.device, non_blocking=True)), batch_labels.to(self.device)
+
+    def _image_batches(self, split: Any, indices: np.ndarray) -> Iterator[Tensor]:
+        """Embeddings ``[B, d]`` of ``split[indices]`` in its evaluation view (no flip), in order."""
+        bs = self.eval_batch_size
+        features = self.features
+        if features is not None:
+            table = features.test if split is self.scenario.benchmark.test else features.train[0]
+            idx = torch.from_numpy(np.array(indices, dtype=np.int64))  # a copy: scenario arrays are read-only
+            for s in range(0, len(idx), bs):
+                yield table[idx[s:s + bs]].to(self.device, non_blocking=True)
+            return
+        subset = TaskSubset(split, indices, self.scenario.label_map, self.backbone.preprocess)
+        for images, _, _ in self._make_loader(subset, bs, False):
+            yield self.prompt.encode_images(images.to(self.device, non_blocking=True))
 
     def _fit(self, indices: np.ndarray, setup: TaskSetup, params: Sequence[torch.nn.Parameter], *, phase: str,
              epochs: int, lr: float, warmup: bool, regularize: Sequence[int], train_vga: bool) -> PhaseStats:
@@ -327,16 +413,10 @@ class ContinualLearner:
         stats = PhaseStats()
         if len(indices) == 0 or not params:
             return stats
-        shuffle_seed = derive_seed(self.cfg.seeds.init, setup.task, phase, "shuffle")
-        if self.world_size == 1:
-            loader = self._loader(indices, self._train_tf, self.batch_size, shuffle=True,
-                                  generator=torch.Generator().manual_seed(shuffle_seed))
-        else:
-            sampler = ShardedShuffle(len(indices), shuffle_seed, self.rank, self.world_size)
-            subset = TaskSubset(self.scenario.benchmark.train, indices, self.scenario.label_map, self._train_tf)
-            loader = DataLoader(subset, batch_size=max(1, self.batch_size // self.world_size), sampler=sampler,
-                                num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda")
-        steps_per_epoch = len(loader)
+        plan_rng = torch.Generator().manual_seed(derive_seed(self.cfg.seeds.init, setup.task, phase, "plan"))
+        rank_batch = max(1, self.batch_size // self.world_size)
+        share = (len(indices) - len(indices) % self.world_size) // self.world_size
+        steps_per_epoch = math.ceil(share / rank_batch)
         total = epochs * steps_per_epoch
         if self.cfg.budget.max_steps_per_task is not None:
             total = min(total, self.cfg.budget.max_steps_per_task)
@@ -353,17 +433,15 @@ class ContinualLearner:
         self.prompt.train()
         if self.head.vga is not None and not train_vga:
             self.head.vga.eval()  # consolidation: VGA frozen, no dropout (§11)
-        step, epoch = 0, 0
+        step = 0
         while step < total:
-            if isinstance(loader.sampler, ShardedShuffle):
-                loader.sampler.set_epoch(epoch)
-            epoch += 1
-            for images, labels, _ in loader:
+            positions, flips = epoch_plan(len(indices), plan_rng, self.rank, self.world_size)
+            for x, labels in self._train_batches(indices[positions], flips, rank_batch):
                 if step >= total:
                     break
                 for group in optimizer.param_groups:
                     group["lr"] = float(lrs[step])
-                loss, terms = self.step_loss(images, labels, setup, regularize)
+                loss, terms = self.embedding_loss(x, labels, setup, regularize)
                 value = float(loss.detach())
                 if not self._all_finite(value):
                     raise TrainingDiverged(f"non-finite loss {value} at task {setup.task}, {phase} step {step}")
@@ -413,25 +491,25 @@ class ContinualLearner:
         if selector.needs:
             # The selectors look at clean images (test transform); the official code used the flipped
             # training view here by accident (§10).
-            logits, feats = self._predict(self._loader(indices, self.backbone.preprocess, self.eval_batch_size,
-                                                       shuffle=False), setup, want_features=True)
+            logits, feats = self._predict(self._image_batches(self.scenario.benchmark.train, indices), setup,
+                                          want_features=True)
             features = feats.numpy() if "features" in selector.needs else None
             probs = predictive_probs(logits.numpy()) if "probs" in selector.needs else None
         candidates = inputs_by_class(indices, labels, features=features, probs=probs)
         self.memory.update(candidates, k, selector, rng=np.random.default_rng([self.cfg.seeds.init, task]))
 
     @torch.no_grad()
-    def _predict(self, loader: DataLoader, setup: TaskSetup, *, want_features: bool = False
+    def _predict(self, batches: Iterator[Tensor], setup: TaskSetup, *, want_features: bool = False
                  ) -> tuple[Tensor, Tensor | None]:
-        """Mean-over-samples logits [N, C_seen] (and image features [N, d]) of a loader, head in eval mode."""
+        """Mean-over-samples logits [N, C_seen] (and the embeddings [N, d]) of batches of image embeddings,
+        head in eval mode."""
         if self.head is not None:
             self.head.eval()
         self.prompt.eval()
         # Text features that do not depend on the images (all but CoCoOp and AttriCLIP) are encoded once.
         fixed = None if self.prompt.image_conditioned else self.prompt.text_features(setup.num_seen)
         logits, feats = [], []
-        for images, labels, _ in loader:
-            x = self.prompt.encode_images(images.to(self.device, non_blocking=True))
+        for x in batches:
             text = fixed if fixed is not None else self.prompt.text_features(setup.num_seen, x)
             out = self.forward_batch(x, text, setup, self.cfg.method.mc_samples_eval)
             logits.append(out.logits.mean(dim=0).float().cpu())
@@ -443,11 +521,9 @@ class ContinualLearner:
     def evaluate(self, task: int, setup: TaskSetup) -> dict[str, Any]:
         """Accuracy row, calibration and novelty detection after ``task`` (§13)."""
         scenario = self.scenario
-        preprocess = self.backbone.preprocess
         if self.cfg.eval.protocol == "per_task":
             # One loader per task (official): each batch, hence each VGA context, holds one task's images.
-            parts = [self._predict(self._make_loader(scenario.task_dataset(j, "eval", preprocess),
-                                                     self.eval_batch_size, False), setup)[0]
+            parts = [self._predict(self._image_batches(scenario.eval_split, scenario.eval_indices(j)), setup)[0]
                      for j in range(task + 1)]
             tasks = np.concatenate([np.full(len(p), j) for j, p in enumerate(parts)])
             targets = np.concatenate([np.asarray(scenario.eval_targets)[scenario.eval_indices(j)]
@@ -458,14 +534,13 @@ class ContinualLearner:
             indices = np.concatenate([scenario.eval_indices(j) for j in range(task + 1)])
             order = np.random.default_rng([self.cfg.seeds.init, task]).permutation(len(indices))
             indices = indices[order]
-            subset = TaskSubset(scenario.eval_split, indices, scenario.label_map, preprocess)
-            logits = self._predict(self._make_loader(subset, self.eval_batch_size, False), setup)[0]
+            logits = self._predict(self._image_batches(scenario.eval_split, indices), setup)[0]
             targets = np.asarray(scenario.eval_targets)[indices]
             tasks = np.asarray(scenario.task_of_class)[targets]
         future = None
         if self.cfg.eval.phndd and task < self.num_tasks - 1:
-            future = torch.cat([self._predict(self._make_loader(scenario.task_dataset(j, "eval", preprocess),
-                                                                self.eval_batch_size, False), setup)[0]
+            future = torch.cat([self._predict(self._image_batches(scenario.eval_split, scenario.eval_indices(j)),
+                                              setup)[0]
                                 for j in range(task + 1, self.num_tasks)])
         return step_metrics(logits, targets, tasks, task, setup.task_of_class, self._acc_rows,
                             batch_size=self.eval_batch_size, ece_bins=self.cfg.eval.ece_bins, future_logits=future)

@@ -88,16 +88,17 @@ def execute(cfg: RunConfig, *, out=None) -> list[TaskResult]:
 
         scenario = build_scenario_from_config(cfg)
         writer = RunWriter(store, rid, cfg, dataset_fingerprint=scenario.benchmark.fingerprint(),
-                           extra={"trainable_params": 0})
+                           extra={"trainable_params": 0, "used_feature_cache": False})
         learner = None
     else:
         from clapray.learner import ContinualLearner
 
-        learner = ContinualLearner(cfg)
+        learner = ContinualLearner(cfg, feature_store=str(store / "feature_cache"))
         if checkpoint.exists():
             learner.load(checkpoint)
         writer = RunWriter(store, rid, cfg, dataset_fingerprint=learner.scenario.benchmark.fingerprint(),
-                           extra={"trainable_params": learner.final_trainable_parameter_count()})
+                           extra={"trainable_params": learner.final_trainable_parameter_count(),
+                                  "used_feature_cache": learner.uses_feature_cache})
         if learner.tasks_done:
             print(f"resuming {rid} after task {learner.tasks_done}/{learner.num_tasks}", file=out)
         if learner.tasks_done == learner.num_tasks:

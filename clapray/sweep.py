@@ -57,6 +57,17 @@ def cell_task_counts(sweep: SweepConfig) -> dict[str, int]:
     return counts
 
 
+def configure_ray_environment() -> None:
+    """Environment defaults for Ray, set before ``ray.init`` so a local Ray's processes inherit them."""
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+    # Ray Tune's legacy reporter honours verbose=0 completely; the sweep prints its own progress lines.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Train's controller registers each report (and checkpoint) on its next poll of the workers: the 2 s
+    # default costs several seconds per short trial; a local Ray started below inherits this.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+
+
 def _prepare_pretrained_backbones(sweep: SweepConfig) -> None:
     """Pretrain the mini-CLIP here, once and visibly, when a cell uses it, before any trial waits for it.
 
@@ -74,12 +85,40 @@ def _prepare_pretrained_backbones(sweep: SweepConfig) -> None:
             resolve_pretrained(cfg)
 
 
+def _share_features(sweep: SweepConfig, store_root: str, out) -> dict[str, list[Any]]:
+    """Compute (or load) the frozen embeddings of every cell that uses the cache, once per group.
+
+    One Ray task per group, with a trial worker's resources (its GPU, if trials have one), writes the
+    entry to ``<store>/feature_cache`` and returns it into Ray's object store; every trial then reads
+    that object instead of running the image tower. Returns ``{group: [ObjectRef]}``.
+    """
+    import ray
+
+    from clapray.features.provide import build_shareable, feature_group, uses_feature_cache
+
+    groups: dict[str, Any] = {}
+    for cell in sweep.cells():
+        cfg = sweep.cell_config(cell)
+        if uses_feature_cache(cfg):
+            groups.setdefault(feature_group(cfg), cfg)
+    if not groups:
+        return {}
+    res = sweep.resources
+    task = ray.remote(num_cpus=res.cpus_per_worker, num_gpus=res.gpus_per_worker, num_returns=2)(build_shareable)
+    refs, built = {}, {}
+    start = time.perf_counter()
+    for group, cfg in groups.items():
+        refs[group], built[group] = task.remote(cfg, store_root)
+    done = ray.get(list(built.values()))
+    print(f"feature cache: {len(groups)} entr{'y' if len(groups) == 1 else 'ies'} ({sum(done)} encoded, "
+          f"{len(done) - sum(done)} loaded) in {time.perf_counter() - start:.1f}s; shared with every trial that "
+          f"keeps the image tower frozen", file=out)
+    return {group: [ref] for group, ref in refs.items()}
+
+
 def run_sweep(sweep: SweepConfig, *, address: str | None = None, out=None) -> "Any":
     """Run (or resume) ``sweep``; returns Ray Tune's ResultGrid."""
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
-    # Ray Tune's legacy reporter honours verbose=0 completely; the sweep prints its own progress lines.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    configure_ray_environment()
     import ray
     import ray.tune
 
@@ -102,9 +141,11 @@ def run_sweep(sweep: SweepConfig, *, address: str | None = None, out=None) -> "A
     trainer_spec = {
         "sweep": sweep.name, "store": root, "train_storage": f"{root}/train_runs", "metric": sweep.search.metric,
         "workers_per_trial": res.workers_per_trial, "gpus_per_worker": res.gpus_per_worker,
-        "cpus_per_worker": res.cpus_per_worker, "retries": sweep.retries,
+        "cpus_per_worker": res.cpus_per_worker, "retries": sweep.retries, "feature_store": f"{root}/feature_cache",
     }
-    trainable = ray.tune.with_resources(trial_driver, {"cpu": 0, "train_driver": 1})
+    feature_refs = _share_features(sweep, trainer_spec["feature_store"], out)
+    trainable = ray.tune.with_resources(ray.tune.with_parameters(trial_driver, feature_refs=feature_refs),
+                                        {"cpu": 0, "train_driver": 1})
     callbacks = [ProgressPrinter(sweep, num_tasks, out=out), StoreStatusCallback(root, num_tasks)]
     tune_run_config = ray.tune.RunConfig(
         name=sweep.name, storage_path=sweep.storage_path(), verbose=0, callbacks=callbacks,

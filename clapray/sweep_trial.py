@@ -73,7 +73,13 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     rank = context.get_world_rank()
     cfg: RunConfig = from_mapping(RunConfig, loop_config["run"], f"trial {loop_config['trial_id']}")
     device = ray.train.torch.get_device()
-    learner = ContinualLearner(cfg, device=device)
+    features = None
+    if loop_config.get("features") is not None:
+        # The embeddings the sweep computed once, straight from Ray's object store (any node).
+        from clapray.features.provide import from_shareable
+
+        features = from_shareable(ray.get(loop_config["features"][0]))
+    learner = ContinualLearner(cfg, device=device, features=features, feature_store=loop_config["feature_store"])
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
@@ -83,7 +89,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         writer = RunWriter(loop_config["store"], loop_config["run_id"], cfg, ids=loop_config["ids"],
                            dataset_fingerprint=learner.scenario.benchmark.fingerprint(),
                            extra={"trainable_params": learner.final_trainable_parameter_count(),
-                                  "used_feature_cache": False})
+                                  "used_feature_cache": learner.uses_feature_cache})
     start = time.perf_counter()
     for task in range(learner.tasks_done, learner.num_tasks):
         try:
@@ -107,12 +113,17 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         maybe_inject_failure(task, loop_config["run_id"])
 
 
-def trial_driver(config: dict[str, Any]) -> None:
+def trial_driver(config: dict[str, Any], feature_refs: dict[str, list[Any]] | None = None) -> None:
     """The Tune trial: build and fit the trial's TorchTrainer."""
     trial_id = ray.tune.get_context().get_trial_id()
     spec = config["trainer"]
     run_id = f"trial-{trial_id}"
+    from clapray.features.provide import feature_group
+
+    group = feature_group(from_mapping(RunConfig, config["run"], f"trial {trial_id}"))
     loop_config = {
+        # A one-element list, so the reference itself (not the features) travels in the config.
+        "features": (feature_refs or {}).get(group), "feature_store": spec["feature_store"],
         "run": config["run"], "trial_id": trial_id, "run_id": run_id, "store": spec["store"],
         "metric": spec["metric"], "cpus_per_worker": spec["cpus_per_worker"],
         "ids": {"sweep": spec["sweep"], "cell": config["cell"], "trial_id": trial_id, "seed": int(config["seed"]),

@@ -121,3 +121,114 @@ def test_concurrent_builders_encode_once(backbone, tmp_path):
     assert store.build_count("k") == 1
     arrays = [f.to_array() for f, _ in results]
     assert all(np.array_equal(a, arrays[0]) for a in arrays)
+
+
+# --------------------------------------------------------------------------------------------------
+# Exactness: a run on cached embeddings makes the decisions of a run on images
+
+TINY = ["method.variant=handcrafted", "data.shapes.num_classes=6", "data.shapes.train_per_class=6",
+        "data.shapes.test_per_class=4", "data.num_tasks=3", "optim.epochs=2", "optim.batch_size=8",
+        "method.mc_samples_train=3", "method.mc_samples_eval=3", "method.vga.ff_dim=64", "memory.size=2",
+        "memory.policy=per_class"]
+
+
+def _run(*overrides: str, **kwargs):
+    from clapray.learner import ContinualLearner
+
+    from clapray.run import default_config_path
+
+    learner = ContinualLearner(load_run_config(default_config_path(), [*TINY, *overrides]), **kwargs)
+    return learner, learner.run()
+
+
+@pytest.mark.parametrize("extra", [[], ["memory.selector=herding", "method.deterministic=true"]],
+                         ids=["handcrafted", "herding-w/o-VI"])
+def test_cached_run_equals_the_run_on_images(extra):
+    cached_learner, cached = _run(*extra)
+    naive_learner, naive = _run("data.feature_cache=false", *extra)
+    assert cached_learner.features is not None and naive_learner.features is None
+    for a, b in zip(cached, naive):
+        np.testing.assert_allclose(a.accuracy_row, b.accuracy_row, atol=1e-6)
+        assert a.losses.keys() == b.losses.keys()
+        np.testing.assert_allclose([a.losses[k] for k in sorted(a.losses)], [b.losses[k] for k in sorted(b.losses)],
+                                   rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose([a.ece, a.last_acc, a.avg_acc], [b.ece, b.last_acc, b.avg_acc], atol=1e-5)
+    assert np.array_equal(cached_learner.memory.indices(), naive_learner.memory.indices())
+
+
+def test_flips_are_drawn_and_both_views_are_trained_on(monkeypatch):
+    from clapray.learner import ContinualLearner
+
+    seen = []
+    original = ContinualLearner._train_batches
+
+    def spy(self, indices, flips, batch_size):
+        seen.append(np.asarray(flips).copy())
+        return original(self, indices, flips, batch_size)
+
+    monkeypatch.setattr(ContinualLearner, "_train_batches", spy)
+    _run()
+    flips = np.concatenate(seen)
+    assert 0.3 < flips.mean() < 0.7  # RandomHorizontalFlip(p=0.5), drawn from the seeded plan
+
+
+def test_only_frozen_image_towers_use_the_cache():
+    from clapray.features.provide import uses_feature_cache
+    from clapray.model.prompts import PROMPT_REGISTRY
+
+    for name, variant in PROMPT_REGISTRY.items():
+        cfg = load_run_config(None, [f"method.variant={name}"])
+        assert uses_feature_cache(cfg) == variant.image_tower_frozen, name
+        assert not uses_feature_cache(load_run_config(None, [f"method.variant={name}", "data.feature_cache=false"]))
+    assert not PROMPT_REGISTRY["maple"].image_tower_frozen
+
+
+def test_run_cli_keeps_the_cache_in_its_store_and_reuses_it(tmp_path):
+    from clapray.run import main
+
+    args = ["--out", str(tmp_path), *sum((["--set", s] for s in TINY), [])]
+    assert main(args) == 0
+    entries = [p for p in (tmp_path / "feature_cache").iterdir() if p.is_dir()]
+    assert len(entries) == 1 and FeatureStore(tmp_path / "feature_cache").build_count(entries[0].name) == 1
+    import pandas as pd
+
+    assert pd.read_parquet(tmp_path / "runs")["used_feature_cache"].tolist() == [True]
+    # Another run of the same benchmark and backbone (another seed) loads the entry instead of encoding.
+    assert main([*args, "--set", "seeds.init=3"]) == 0
+    assert FeatureStore(tmp_path / "feature_cache").build_count(entries[0].name) == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# The benchmarks
+
+
+def test_bench_cache_reports_a_speedup_and_equal_metrics(capsys):
+    from clapray.bench.__main__ import main
+
+    assert main(["cache", "--backbone", "clapray-tiny-vit", "--classes", "4", "--tasks", "2",
+                 "--train-per-class", "4", "--test-per-class", "2", "--epochs", "2", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    last = lines[-1]
+    assert last.startswith("speedup: ") and last.endswith("x, metrics equal: yes"), last
+    assert float(last.split()[1].rstrip("x,")) > 0
+    assert sum(line.split()[0] in ("0", "1") for line in lines) == 2  # one row per task
+
+
+def test_bench_cache_rejects_bad_arguments_with_one_line(capsys):
+    from clapray.bench.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["cache", "--tasks", "0"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bench cache: --tasks: expected an integer >= 1, got 0" in err[0], err
+
+
+@pytest.mark.slow
+def test_bench_ray_measures_the_overhead(capsys):
+    from clapray.bench.__main__ import main
+
+    assert main(["ray", "--trials", "1", "--tasks", "1", "--images", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "plain Python" in out and "Ray sweep (sequential)" in out
+    assert out.strip().splitlines()[-1].startswith("overhead: ")

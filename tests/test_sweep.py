@@ -111,3 +111,26 @@ def run_readme_queries(root: Path) -> dict:
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
     return namespace
+
+
+def test_sweep_of_eight_trials_encodes_the_images_once(tmp_path):
+    """The sweep computes the frozen embeddings in one Ray task and every trial reads them from the object
+    store: one encoding pass in the cache's build log, every run marked as having used it."""
+    sweep = tmp_path / "eight.yaml"
+    sweep.write_text(
+        "name: eight\nbase: quickstart\n"
+        "set: {method.variant: handcrafted, data.num_tasks: 2, data.shapes.num_classes: 4,\n"
+        "      data.shapes.train_per_class: 6, data.shapes.test_per_class: 3, optim.batch_size: 8,\n"
+        "      method.vga.ff_dim: 64, method.mc_samples_train: 2, method.mc_samples_eval: 2}\n"
+        "search: {algorithm: random, seed: 0, metric: avg_acc, trials_per_cell: 1}\n"
+        "seeds: [0, 1, 2, 3, 4, 5, 6, 7]\nscheduler: none\n"
+        "resources: {workers_per_trial: 1, gpus_per_worker: 0, cpus_per_worker: 1, max_concurrent_trials: null}\n"
+        "retries: 0\nstorage: results\n")
+    proc = sweep_cli(str(sweep), "--storage", str(tmp_path / "store"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "feature cache: 1 entry (1 encoded, 0 loaded)" in proc.stdout
+    root = tmp_path / "store" / "eight"
+    runs = pd.read_parquet(root / "runs")
+    assert len(runs) == 8 and set(runs["status"]) == {"finished"} and runs["used_feature_cache"].all()
+    logs = list((root / "feature_cache").glob("*/builds.log"))
+    assert len(logs) == 1 and len(logs[0].read_text().splitlines()) == 1

@@ -7,6 +7,8 @@ to build the command line, so keep module tops light and import heavy dependenci
 
     python -m clapray.bench variants                     # step time and memory of every prompt variant
     python -m clapray.bench variants --backbone ViT-B-16 --batch 8
+    python -m clapray.bench cache                        # naive vs frozen-feature-cache trial, speed-up
+    python -m clapray.bench ray                          # Ray Tune/Train overhead per trial
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from clapray.errors import exit_on_user_error
 # name -> module implementing the subcommand; add an entry to plug in a new benchmark.
 SUBCOMMANDS: dict[str, str] = {
     "variants": "clapray.bench.variants",
+    "cache": "clapray.bench.cache",
     "ray": "clapray.bench.ray_overhead",
 }
 

@@ -50,7 +50,7 @@ def main(args: argparse.Namespace) -> int:
 
     from clapray.errors import UserError
     from clapray.learner import ContinualLearner
-    from clapray.sweep import run_sweep
+    from clapray.sweep import configure_ray_environment, run_sweep
     from clapray.sweep_config import load_sweep_config
 
     for name in ("trials", "tasks", "images"):
@@ -72,6 +72,7 @@ def main(args: argparse.Namespace) -> int:
 
         import ray
 
+        configure_ray_environment()
         start = time.perf_counter()
         ray.init(resources={"train_driver": 1000}, log_to_driver=False, include_dashboard=False)
         ray_init = time.perf_counter() - start

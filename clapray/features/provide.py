@@ -1,0 +1,85 @@
+"""Which runs use the frozen-feature cache, and getting their features (stored, shared or built)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from clapray.config import RunConfig
+from clapray.features.cache import FeatureStore, ImageFeatures, cache_key, encode_benchmark, load_or_build
+from clapray.features.fingerprint import feature_fingerprint
+
+
+def uses_feature_cache(cfg: RunConfig) -> bool:
+    """``data.feature_cache`` on and a variant that declares its image tower frozen (all but MaPLe)."""
+    from clapray.model.prompts import variant_class
+
+    return cfg.data.feature_cache and variant_class(cfg.method.variant).image_tower_frozen
+
+
+def feature_key(cfg: RunConfig, backbone: Any, benchmark: Any) -> tuple[str, dict[str, Any]]:
+    """``(key, fingerprint)`` of the embeddings ``backbone`` gives ``benchmark`` under ``cfg``."""
+    from clapray.builders import resolve_precision, resolve_pretrained
+
+    fingerprint = feature_fingerprint(cfg, resolve_pretrained(cfg), resolve_precision(cfg, backbone.device),
+                                      benchmark, backbone.preprocess)
+    return cache_key(fingerprint), fingerprint
+
+
+def features_for(cfg: RunConfig, backbone: Any, benchmark: Any, store_root: str | None = None,
+                 log: Callable[[str], None] | None = None) -> tuple[ImageFeatures, bool]:
+    """``(features, built)`` for ``cfg``'s benchmark: from ``store_root`` if stored and intact, else
+    encoded (and stored there, when given). Without a store they live in memory for this run only."""
+    key, fingerprint = feature_key(cfg, backbone, benchmark)
+    batch = max(cfg.eval.batch_size or 0, 256)
+
+    def build() -> ImageFeatures:
+        return encode_benchmark(backbone, benchmark, key, batch_size=batch, num_workers=cfg.data.num_workers)
+
+    if store_root is None:
+        return build(), True
+    return load_or_build(FeatureStore(store_root), key, fingerprint, build, log=log)
+
+
+def to_shareable(features: ImageFeatures) -> tuple[np.ndarray, int, str]:
+    """A plain (array, n_train, key) tuple: numpy arrays travel through Ray's object store zero-copy."""
+    return features.to_array(), int(features.train.shape[1]), features.key
+
+
+def from_shareable(shared: tuple[np.ndarray, int, str]) -> ImageFeatures:
+    """The inverse of :func:`to_shareable`; the array may be a read-only view of shared memory."""
+    array, n_train, key = shared
+    with warnings.catch_warnings():
+        # torch warns that the buffer is read-only; nothing ever writes to the features.
+        warnings.filterwarnings("ignore", message=".*not writable.*")
+        return ImageFeatures.from_array(array, n_train, key)
+
+
+def feature_group(cfg: RunConfig) -> str:
+    """What decides a run's embeddings, as text: runs with equal groups share one cache entry.
+
+    Coarser than the cache key (which also needs the loaded backbone and benchmark), so a sweep driver
+    can group cells without loading anything; a group maps to exactly one key.
+    """
+    import dataclasses
+    import json
+
+    data = cfg.data
+    return json.dumps({
+        "backbone": dataclasses.asdict(cfg.backbone), "device": cfg.device,
+        "data": {"dataset": data.dataset, "root": data.root, "sequence": list(data.sequence),
+                 "shapes": dataclasses.asdict(data.shapes)},
+    }, sort_keys=True)
+
+
+def build_shareable(cfg: RunConfig, store_root: str) -> tuple[tuple[np.ndarray, int, str], bool]:
+    """Load or build ``cfg``'s features in ``store_root``; ``(shareable, built)`` (a Ray task's body)."""
+    from clapray.builders import build_backbone, build_benchmark_from_config, resolve_device
+
+    backbone = build_backbone(cfg, resolve_device(cfg))
+    benchmark = build_benchmark_from_config(cfg)
+    features, built = features_for(cfg, backbone, benchmark, store_root=store_root)
+    return to_shareable(features), built

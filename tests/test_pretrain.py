@@ -248,3 +248,20 @@ def test_default_pretraining_transfers_to_the_continual_classes(mini_clip_cache)
     assert result.zero_shot_acc > 15.0, result.summary()
     assert result.ncm_acc > 15.0, result.summary()
     assert result.mean_cosine < 0.3 < random.mean_cosine, (result.summary(), random.summary())
+
+
+def test_the_clapray_shapes_tag_resolves_to_the_cached_checkpoint(tmp_path, monkeypatch):
+    from clapray.builders import MINI_CLIP_TAG, resolve_pretrained
+    from clapray.config import load_run_config
+
+    cfg = load_run_config(None, [f"backbone.pretrained={MINI_CLIP_TAG}", "backbone.model=clapray-tiny-vit"])
+    with pytest.raises(UserError, match="backbone.pretrained: clapray-shapes is the pretraining of"):
+        resolve_pretrained(cfg)
+    # With a checkpoint in place (here a tiny one) the tag resolves to it without training anything.
+    monkeypatch.setattr(pt, "make_settings", lambda **overrides: pt.PretrainSettings(**TINY).validate())
+    path = pt.ensure_mini_clip(tmp_path / "mini-clip")
+    cfg = load_run_config(None, [f"backbone.pretrained={MINI_CLIP_TAG}", f"backbone.model={pt.MODEL_NAME}",
+                                 f"backbone.cache_dir={tmp_path}"])
+    assert resolve_pretrained(cfg) == str(path)
+    assert load_run_config(None, ["backbone.pretrained=openai"]).backbone.pretrained == "openai"
+    assert resolve_pretrained(load_run_config(None, ["backbone.pretrained=openai"])) == "openai"

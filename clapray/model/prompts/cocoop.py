@@ -27,32 +27,27 @@ Trainable prompt parameters (ViT-B/16: d = w = 512, r = 16): 12 x 512 + (512 x 3
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from clapray.config import PromptConfig
-from clapray.model.prompts.base import PromptText, PromptVariant, init_normal_, register_variant
-from clapray.model.prompts.coop import context_prompts
-from clapray.model.prompts.towers import SlotPrompts, TowerDims, encode_text_embeddings
+from clapray.model.prompts.base import PromptText, register_variant
+from clapray.model.prompts.coop import CoOpPrompts
+from clapray.model.prompts.towers import TowerDims, encode_text_embeddings
 
 
 @register_variant
-class CoCoOpPrompts(PromptVariant):
+class CoCoOpPrompts(CoOpPrompts):
+    """CoOp's prompts and context (inherited), shifted per image by the meta-net."""
+
     name = "cocoop"
     summary = "CoOp context + meta-net conditioning it on each image; per-image VGA queries; + adapters"
     image_conditioned = True
     per_image_queries = True
     trains_in_consolidation = True
 
-    def __init__(self, backbone, templates, options: PromptConfig):
-        super().__init__(backbone, templates, options)
-        self.prompts = SlotPrompts(backbone, context_prompts(self.class_names, options.n_ctx), options.n_ctx,
-                                   field="method.prompt.n_ctx")
-
     @classmethod
     def make_parameters(cls, dims: TowerDims, options: PromptConfig) -> nn.Module:
-        learned = nn.Module()
-        learned.ctx = nn.Parameter(init_normal_(torch.empty(options.n_ctx, dims.text_width)))  # [n_ctx, w]
+        learned = super().make_parameters(dims, options)  # .ctx [n_ctx, w]
         hidden = max(1, dims.embed_dim // options.cocoop_reduction)
         learned.meta_net = nn.Sequential(nn.Linear(dims.embed_dim, hidden), nn.ReLU(inplace=True),
                                          nn.Linear(hidden, dims.text_width))

@@ -108,13 +108,12 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def seed_phase(*parts: object) -> torch.Generator:
-    """Seed the global RNGs (dropout, MC noise, flips) for one phase; return a generator for shuffling."""
+def seed_phase(*parts: object) -> None:
+    """Seed the global RNGs (dropout, MC noise) for one phase; shuffles and flips come from the epoch plan."""
     seed = derive_seed(*parts)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    return torch.Generator().manual_seed(derive_seed("shuffle", *parts))
 
 
 @dataclass(frozen=True)
@@ -337,18 +336,17 @@ class ContinualLearner:
             loss = loss + text.loss
         return loss, {"ce": ce, "kd": out.kd, "kl": out.kl, "prompt": text.loss}
 
-    def _loader(self, indices: np.ndarray, transform, batch_size: int, shuffle: bool,
-                generator: torch.Generator | None = None) -> DataLoader:
+    def _loader(self, indices: np.ndarray, transform, batch_size: int) -> DataLoader:
+        """Training-split images ``indices`` through ``transform``, in order: ``(image, label, index)``."""
         subset = TaskSubset(self.scenario.benchmark.train, indices, self.scenario.label_map, transform)
-        return self._make_loader(subset, batch_size, shuffle, generator)
+        return self._make_loader(subset, batch_size)
 
-    def _make_loader(self, dataset, batch_size: int, shuffle: bool,
-                     generator: torch.Generator | None = None) -> DataLoader:
+    def _make_loader(self, dataset, batch_size: int) -> DataLoader:
+        """An in-order loader (the epoch plan already decided the order)."""
         workers = self.cfg.data.num_workers
-        # A loader draws its workers' base seed from ``generator``, else from the global RNG: a private one
+        # A loader draws its workers' base seed from its generator, else from the global RNG: a private one
         # keeps the global stream (MC noise, dropout) the same whether images or cached embeddings are read.
-        generator = generator if generator is not None else torch.Generator().manual_seed(0)
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False, generator=torch.Generator().manual_seed(0),
                           num_workers=workers, pin_memory=self.device.type == "cuda",
                           persistent_workers=False)
 
@@ -390,7 +388,7 @@ class ContinualLearner:
             return
         dataset = PlannedViews(self.scenario.benchmark.train, indices, flips, self.scenario.label_map,
                                self.backbone.preprocess)
-        for images, batch_labels in self._make_loader(dataset, batch_size, False):
+        for images, batch_labels in self._make_loader(dataset, batch_size):
             yield self.prompt.encode_images(images.to(self.device, non_blocking=True)), batch_labels.to(self.device)
 
     def _image_batches(self, split: Any, indices: np.ndarray) -> Iterator[Tensor]:
@@ -404,7 +402,7 @@ class ContinualLearner:
                 yield table[idx[s:s + bs]].to(self.device, non_blocking=True)
             return
         subset = TaskSubset(split, indices, self.scenario.label_map, self.backbone.preprocess)
-        for images, _, _ in self._make_loader(subset, bs, False):
+        for images, _, _ in self._make_loader(subset, bs):
             yield self.prompt.encode_images(images.to(self.device, non_blocking=True))
 
     def _fit(self, indices: np.ndarray, setup: TaskSetup, params: Sequence[torch.nn.Parameter], *, phase: str,

@@ -36,7 +36,6 @@ import math
 import os
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -61,13 +60,10 @@ from clapray.data.shapes import (
 )
 from clapray.data.shapes_cl import CONTINUAL_CLASSES, PRETRAIN_CLASSES
 from clapray.errors import ConfigError, UserError, exit_on_user_error
+from clapray.fileio import directory_lock, write_bytes_atomic
 from clapray.model.backbone import Backbone, load_backbone, register_model_configs
 from clapray.model.text_features import template_text_features
 
-try:  # POSIX advisory locks; elsewhere concurrent writers still cannot corrupt the file (rename).
-    import fcntl
-except ImportError:  # pragma: no cover - not on the supported platforms
-    fcntl = None  # type: ignore[assignment]
 
 # Bump whenever the recipe changes what a given set of settings trains (captions, loss, schedule,
 # augmentation): it is part of the cache key, so a stale checkpoint is never reused.
@@ -552,34 +548,6 @@ def state_dict_bytes(state_dict: Mapping[str, Tensor]) -> bytes:
     return buffer.getvalue()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a unique temporary name in the same directory, fsync, then rename into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``directory/.lock``: concurrent callers train once, not twice."""
-    if fcntl is None:  # pragma: no cover
-        yield
-        return
-    with open(directory / ".lock", "a+b") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
 def _usable(path: Path) -> bool:
     return path.is_file() and path.stat().st_size > 0
 
@@ -616,13 +584,13 @@ def ensure_mini_clip(
     except OSError as err:
         raise UserError(f"pretrain: cannot create the cache directory {path.parent}: {err}; "
                         f"choose another with --cache-dir or ${CACHE_ENV}") from None
-    with _locked(path.parent):
+    with directory_lock(path.parent):
         # Another process may have finished the same checkpoint while this one waited for the lock.
         if _usable(path) and not force:
             return path
         result = pretrain(settings, threads=threads, log=log)
         try:
-            _atomic_write(path, state_dict_bytes(result.state_dict))
+            write_bytes_atomic(path, state_dict_bytes(result.state_dict))
             info = {
                 "model_name": settings.model_name,
                 "key": settings.key(),
@@ -634,7 +602,7 @@ def ensure_mini_clip(
                 "torch": torch.__version__,
                 "open_clip": open_clip.__version__,
             }
-            _atomic_write(path.with_name(INFO_NAME), (json.dumps(info, indent=2) + "\n").encode())
+            write_bytes_atomic(path.with_name(INFO_NAME), (json.dumps(info, indent=2) + "\n").encode())
         except OSError as err:
             raise UserError(f"pretrain: cannot write the checkpoint {path}: {err}; free some space or "
                             f"choose another cache directory") from None

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 
@@ -95,16 +92,3 @@ class TaskResult:
         bwt = "   -  " if math.isnan(self.bwt) else f"{self.bwt:+6.2f}"
         return (f"task {self.task + 1:2d}/{self.num_tasks}  acc {self.last_acc:6.2f}  avg {self.avg_acc:6.2f}  "
                 f"bwt {bwt}  ece {self.ece:.3f}  {self.timings.get('total', float('nan')):.1f}s")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write text through a temporary file and a rename, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

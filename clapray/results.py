@@ -259,7 +259,8 @@ def _scalar_field(name: str, value: Any, what: str) -> tuple[pa.Field, Any]:
 # Filesystem
 
 
-def _resolve(root: str | Path, filesystem: pafs.FileSystem | None) -> tuple[pafs.FileSystem, str]:
+def resolve_filesystem(root: str | Path, filesystem: pafs.FileSystem | None = None
+                       ) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path without a trailing slash) for a local path, a URI, or a path on ``filesystem``."""
     if filesystem is not None:
         return filesystem, str(root).rstrip("/")
@@ -391,7 +392,7 @@ class RunWriter:
                  filesystem: pafs.FileSystem | None = None) -> None:
         if not isinstance(run_id, str) or not _SAFE_NAME.match(run_id) or run_id in (".", ".."):
             raise ValueError(f"run_id {run_id!r}: use only letters, digits, '-', '_' and '.'")
-        self.fs, self.root = _resolve(root, filesystem)
+        self.fs, self.root = resolve_filesystem(root, filesystem)
         self.run_id = run_id
         self.config = config
         reserved = _reserved_names()
@@ -625,7 +626,7 @@ def load_table(root: str | Path | Sequence[str | Path], table: Table, *,
     roots = [root] if isinstance(root, (str, Path)) else list(root)
     parts = []
     for r in roots:
-        fs, path = _resolve(r, filesystem)
+        fs, path = resolve_filesystem(r, filesystem)
         part = _read_dir(fs, f"{path}/{table}")
         if part is not None:
             parts.append(part)

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from clapray.config import RunConfig, describe_fields, load_run_config
 from clapray.errors import UserError, exit_on_user_error
-from clapray.records import TaskResult, write_text_atomic
+from clapray.fileio import write_text_atomic
+from clapray.records import TaskResult
 
 EXIT_RUN_FAILED = 1
 

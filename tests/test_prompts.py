@@ -58,14 +58,14 @@ def comparable(result) -> str:
 
 def first_batch(learner: ContinualLearner, task: int = 0, size: int = 4):
     """Training images (with labels) of ``task``, in index order."""
-    loader = learner._loader(learner.scenario.train_indices(task), learner.backbone.preprocess, size, shuffle=False)
+    loader = learner._loader(learner.scenario.train_indices(task), learner.backbone.preprocess, size)
     images, labels, _ = next(iter(loader))
     return images, labels
 
 
 def all_images(learner: ContinualLearner) -> torch.Tensor:
     indices = np.concatenate([learner.scenario.train_indices(t) for t in range(learner.num_tasks)])
-    loader = learner._loader(indices, learner.backbone.preprocess, len(indices), shuffle=False)
+    loader = learner._loader(indices, learner.backbone.preprocess, len(indices))
     return next(iter(loader))[0]
 
 

@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,9 @@ import numpy as np
 import pyarrow.fs as pafs
 import torch
 from torch import Tensor
+
+from clapray.fileio import directory_lock, write_bytes_atomic
+from clapray.results import resolve_filesystem
 
 logger = logging.getLogger(__name__)
 
@@ -143,20 +145,12 @@ def encode_benchmark(backbone: Any, benchmark: Any, key: str, *, batch_size: int
 # Storage
 
 
-def _resolve(root: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
-    text = os.fspath(root)
-    if "://" not in text:
-        return pafs.LocalFileSystem(), os.path.abspath(text)
-    fs, path = pafs.FileSystem.from_uri(text)
-    return fs, path.rstrip("/")
-
-
 class FeatureStore:
     """Entries of :class:`ImageFeatures` under ``root`` (a local path or a URI such as ``s3://b/p``)."""
 
     def __init__(self, root: str | os.PathLike[str]):
         self.root = os.fspath(root)
-        self.fs, self.path = _resolve(root)
+        self.fs, self.path = resolve_filesystem(os.fspath(root))
 
     def entry(self, key: str) -> str:
         return f"{self.path}/{key}"
@@ -166,20 +160,10 @@ class FeatureStore:
             return f.read()
 
     def _write(self, path: str, data: bytes) -> None:
-        """Write ``path`` whole: a temporary name then a rename where the filesystem has renames."""
-        directory = path.rsplit("/", 1)[0]
+        """Write ``path`` whole: atomically on a local disk; object stores put an object whole or not at all."""
         if isinstance(self.fs, pafs.LocalFileSystem):
-            self.fs.create_dir(directory, recursive=True)
-            tmp = f"{directory}/.{path.rsplit('/', 1)[1]}.{uuid.uuid4().hex[:12]}.tmp"
-            try:
-                with self.fs.open_output_stream(tmp) as f:
-                    f.write(data)
-                self.fs.move(tmp, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    self.fs.delete_file(tmp)
-                raise
-        else:  # object stores put an object whole or not at all
+            write_bytes_atomic(Path(path), data)
+        else:
             with self.fs.open_output_stream(path) as f:
                 f.write(data)
 
@@ -242,16 +226,8 @@ class FeatureStore:
         if not isinstance(self.fs, pafs.LocalFileSystem):
             yield
             return
-        import fcntl
-
-        directory = Path(self.entry(key))
-        directory.mkdir(parents=True, exist_ok=True)
-        with open(directory / ".lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with directory_lock(Path(self.entry(key))):
+            yield
 
 
 def load_or_build(store: FeatureStore, key: str, fingerprint: Mapping[str, Any],

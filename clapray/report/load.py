@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from clapray.errors import UserError
-from clapray.results import _data_files, _resolve, config_schema, load_table
+from clapray.results import _data_files, resolve_filesystem, config_schema, load_table
 
 # Run states, in the order the report lists them.
 COMPLETE = "complete"
@@ -92,7 +92,7 @@ def child(root: str, name: str) -> str:
 def _check_root(root: str) -> None:
     """A one-line error for a path that is not a store, with a hint where a sweep directory lies below."""
     try:
-        fs, path = _resolve(root, None)
+        fs, path = resolve_filesystem(root, None)
         info = fs.get_file_info(path)
     except (OSError, ValueError, pa.ArrowException) as err:
         raise UserError(f"{root}: cannot open the results store ({str(err).splitlines()[0]})") from None

@@ -180,7 +180,7 @@ class ContinualLearner:
         # Hand-crafted prompts give constant text features: encode every class's templates once per run.
         self.templates = template_text_features(self.backbone, self.scenario.class_names,
                                                 self.scenario.benchmark.templates)
-        variant = variant_class(cfg.method.variant)
+        variant = variant_class(cfg.method.variant).spec
         if variant.per_image_queries and cfg.method.prior == "data_driven":
             raise UserError(f"method.prior: data_driven is not available with variant {variant.name} "
                             "(per-image text features); use standard or language_aware")
@@ -248,7 +248,7 @@ class ContinualLearner:
             self._update_memory(task, setup)
         if self.replay and self.head is not None and self.cfg.method.consolidation.enabled and task > 0:
             seed_phase(self.cfg.seeds.init, task, "consolidate")
-            train_vga = self.prompt.vga_trains_in_consolidation and self.head.vga is not None
+            train_vga = self.prompt.spec.vga_trains_in_consolidation and self.head.vga is not None
             params = [*self.head.adapters.parameters(), *self.prompt.trainable_parameters("consolidate"),
                       *(self.head.vga.parameters() if train_vga else ())]
             consolidation = self._fit(
@@ -505,7 +505,7 @@ class ContinualLearner:
             self.head.eval()
         self.prompt.eval()
         # Text features that do not depend on the images (all but CoCoOp and AttriCLIP) are encoded once.
-        fixed = None if self.prompt.image_conditioned else self.prompt.text_features(setup.num_seen)
+        fixed = None if self.prompt.spec.image_conditioned else self.prompt.text_features(setup.num_seen)
         logits, feats = [], []
         for x in batches:
             text = fixed if fixed is not None else self.prompt.text_features(setup.num_seen, x)

@@ -14,39 +14,14 @@ import argparse
 import sys
 import time
 from dataclasses import replace
-from importlib import resources
 from pathlib import Path
 
-from clapray.config import RunConfig, describe_fields, load_run_config
+from clapray.config import RunConfig, describe_fields, load_run_config, resolve_config_argument
 from clapray.errors import UserError, exit_on_user_error
 from clapray.fileio import write_text_atomic
 from clapray.records import TaskResult
 
 EXIT_RUN_FAILED = 1
-
-
-def default_config_path() -> Path:
-    return Path(str(resources.files("clapray") / "configs" / "quickstart.yaml"))
-
-
-def shipped_config_paths() -> dict[str, Path]:
-    """Run configs shipped with the package, by name (``quickstart``, ``cifar100``, ...)."""
-    folder = Path(str(resources.files("clapray") / "configs"))
-    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
-
-
-def resolve_config_argument(value: str | None) -> Path:
-    """A path, or the name of a shipped config (``cifar100``)."""
-    if value is None:
-        return default_config_path()
-    path = Path(value)
-    if path.exists() or path.suffix in (".yaml", ".yml"):
-        return path
-    shipped = shipped_config_paths()
-    if value in shipped:
-        return shipped[value]
-    raise UserError(f"{value}: no such config file, and no shipped config of that name "
-                    f"(shipped: {', '.join(shipped)})")
 
 
 def build_parser() -> argparse.ArgumentParser:

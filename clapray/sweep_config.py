@@ -55,11 +55,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
-from clapray.config import (
-    PROMPT_VARIANTS,
-    RunConfig,
-    _Config,
-    _field,
+from clapray.config import PROMPT_VARIANTS, RunConfig, shipped_config_paths
+from clapray.typed_config import (
+    TypedConfig,
+    config_field,
     describe_fields,
     from_mapping,
     load_yaml_mapping,
@@ -72,12 +71,6 @@ REPORTED_METRICS = ("avg_acc", "last_acc", "acc", "bwt", "ece", "ece_per_batch")
 # The direction in which each metric improves, used when `search.mode` is left out.
 METRIC_MODES: Mapping[str, str] = types.MappingProxyType({
     "avg_acc": "max", "last_acc": "max", "acc": "max", "bwt": "max", "ece": "min", "ece_per_batch": "min"})
-
-# Prompt variants a trial can run: every name of config.PROMPT_VARIANTS is implemented by the prompt-variant
-# registry (clapray.model.prompts; a test keeps the two in step). Kept apart from the registry because
-# importing it would pull in torch; a name listed in PROMPT_VARIANTS but not here is refused as not yet
-# implemented.
-AVAILABLE_VARIANTS = PROMPT_VARIANTS
 
 SEARCH_ALGORITHMS = ("tpe", "random", "grid")
 
@@ -220,22 +213,22 @@ class Cell:
 
 
 @dataclass(frozen=True)
-class SearchConfig(_Config):
+class SearchConfig(TypedConfig):
     """How configurations are sampled inside every cell (Optuna through Ray Tune)."""
 
-    algorithm: Literal["tpe", "random", "grid"] = _field(
+    algorithm: Literal["tpe", "random", "grid"] = config_field(
         "tpe", doc="Optuna sampler: tpe, random, or grid (every combination of a finite space)")
-    seed: int = _field(0, doc="seed of the sampler", ge=0)
-    metric: str = _field("avg_acc", doc="reported metric the searcher and the scheduler optimise",
+    seed: int = config_field(0, doc="seed of the sampler", ge=0)
+    metric: str = config_field("avg_acc", doc="reported metric the searcher and the scheduler optimise",
                          choices=REPORTED_METRICS)
-    mode: Literal["max", "min"] | None = _field(
+    mode: Literal["max", "min"] | None = config_field(
         None, doc="max or min; null = the metric's own direction (max for accuracies and bwt, min for ece)")
-    trials_per_cell: int | None = _field(
+    trials_per_cell: int | None = config_field(
         None, doc="sampled configurations per cell, each run once per seed; null = the grid size with "
         "algorithm grid, or 1 when nothing is sampled", ge=1)
-    space: tuple[Param, ...] = _field(factory=tuple, doc="the sampled parameters in sampling order: file "
+    space: tuple[Param, ...] = config_field(factory=tuple, doc="the sampled parameters in sampling order: file "
                                       "order, each after the parameters its `when` names")
-    same_as: tuple[SameAs, ...] = _field(factory=tuple, doc="fields copied from another field, in order")
+    same_as: tuple[SameAs, ...] = config_field(factory=tuple, doc="fields copied from another field, in order")
 
     def check(self) -> None:
         if self.mode is None:
@@ -261,33 +254,33 @@ class SearchConfig(_Config):
 
 
 @dataclass(frozen=True)
-class AshaConfig(_Config):
+class AshaConfig(TypedConfig):
     """Asynchronous successive halving with rungs at task boundaries (a task is one time step)."""
 
-    grace_tasks: int = _field(1, doc="tasks every trial finishes before it may be stopped", ge=1)
-    reduction_factor: float = _field(3.0, doc="keep the best 1/factor of trials at every rung", gt=1.0)
+    grace_tasks: int = config_field(1, doc="tasks every trial finishes before it may be stopped", ge=1)
+    reduction_factor: float = config_field(3.0, doc="keep the best 1/factor of trials at every rung", gt=1.0)
 
 
 @dataclass(frozen=True)
-class ResourcesConfig(_Config):
+class ResourcesConfig(TypedConfig):
     """What one trial occupies: a Ray Train worker group."""
 
-    workers_per_trial: int = _field(1, doc="Ray Train workers (DDP ranks) per trial", ge=1)
-    gpus_per_worker: float = _field(0.0, doc="GPUs per worker (fractions share a GPU); 0 = CPU only", ge=0.0)
-    cpus_per_worker: int = _field(1, doc="CPUs per worker (data loading threads)", ge=1)
-    max_concurrent_trials: int | None = _field(None, doc="cap on trials running at once; null = as many as "
+    workers_per_trial: int = config_field(1, doc="Ray Train workers (DDP ranks) per trial", ge=1)
+    gpus_per_worker: float = config_field(0.0, doc="GPUs per worker (fractions share a GPU); 0 = CPU only", ge=0.0)
+    cpus_per_worker: int = config_field(1, doc="CPUs per worker (data loading threads)", ge=1)
+    max_concurrent_trials: int | None = config_field(None, doc="cap on trials running at once; null = as many as "
                                                "the cluster's resources allow", ge=1)
 
 
 @dataclass(frozen=True)
-class _SweepOptions(_Config):
+class _SweepOptions(TypedConfig):
     """The scalar top-level fields, validated by the run-config machinery."""
 
-    name: str = _field("sweep", doc="sweep name: a directory name under storage")
-    seeds: tuple[int, ...] = _field(factory=lambda: (0,), doc="init seeds (seeds.init) every configuration "
+    name: str = config_field("sweep", doc="sweep name: a directory name under storage")
+    seeds: tuple[int, ...] = config_field(factory=lambda: (0,), doc="init seeds (seeds.init) every configuration "
                                     "runs with; the class order stays the base's seeds.class_order")
-    retries: int = _field(2, doc="times a failed trial is resumed from its last finished task", ge=0)
-    storage: str = _field("results", doc="results and checkpoints: a local path (relative to the working "
+    retries: int = config_field(2, doc="times a failed trial is resumed from its last finished task", ge=0)
+    storage: str = config_field("results", doc="results and checkpoints: a local path (relative to the working "
                           "directory) or s3://bucket/prefix")
 
     def check(self) -> None:
@@ -610,14 +603,6 @@ def _apply(cfg: Any, assignments: Mapping[str, Any], prefix: str = "") -> Any:
         raise
 
 
-def _unavailable_variant_text() -> str:
-    missing = [v for v in PROMPT_VARIANTS if v not in AVAILABLE_VARIANTS]
-    text = "an available variant (" + ", ".join(AVAILABLE_VARIANTS)
-    if missing:
-        text += "; " + ", ".join(missing) + (" is" if len(missing) == 1 else " are") + " not implemented yet"
-    return text + ")"
-
-
 # --------------------------------------------------------------------------------------------------
 # Loading.
 
@@ -648,8 +633,8 @@ class _Loader:
         return name
 
     def check_variant(self, value: Any, label: str) -> None:
-        if value not in AVAILABLE_VARIANTS:
-            raise self.fail(label, _unavailable_variant_text(), value)
+        if value not in PROMPT_VARIANTS:
+            raise self.fail(label, "a prompt variant (" + ", ".join(PROMPT_VARIANTS) + ")", value)
 
     def mapping(self, value: Any, label: str, what: str) -> Mapping[Any, Any]:
         if value is None:
@@ -702,8 +687,6 @@ class _Loader:
     def load_base(self, value: Any) -> tuple[RunConfig, str]:
         if isinstance(value, Mapping):
             return from_mapping(RunConfig, value, self.source, "base."), "inline run config"
-        from clapray.run import shipped_config_paths  # light: config, errors and records only
-
         shipped = shipped_config_paths()
         expected = ("a shipped run config name (" + ", ".join(shipped) + "), a path to a run YAML or a "
                     "mapping of run config fields")
@@ -1036,7 +1019,6 @@ class _Loader:
             except ConfigError as err:
                 where = f"search.same_as.{err.field}" if err.field in targets else f"cells[{name}].{err.field}"
                 raise self.relabel(err, where) from None
-            self.check_cell_variant(cfg, provisional)
             overrides = {k: _get(cfg, k) for k in overrides}
             coords = {a: (v if a == SETTING_AXIS else overrides[a]) for a, v in coords.items()}
             cells.append(Cell(name=name, overrides=overrides, axes=coords))
@@ -1044,16 +1026,6 @@ class _Loader:
 
     def trial_assignments(self, cell: Cell, active: Mapping[str, Any]) -> dict[str, Any]:
         return _trial_assignments(self.base, self.search.same_as, cell, active)
-
-    def check_cell_variant(self, cfg: RunConfig, cell: Cell) -> None:
-        """A cell's variant must run; values from grid, set, settings and space were checked where given."""
-        if cfg.method.variant in AVAILABLE_VARIANTS:
-            return
-        if any(p.field == "method.variant" and _axis_conditions_hold(p, self.grid, cell) for p in self.search.space):
-            return
-        copied = any(c.target == "method.variant" for c in self.search.same_as)
-        label = "search.same_as.method.variant" if copied else "base.method.variant"
-        raise self.fail(label, _unavailable_variant_text() + f" in cell {cell.name}", cfg.method.variant)
 
     def check_space_in_cells(self, cells: list[Cell]) -> None:
         """Every parameter is active somewhere, and each of its bounds or choices works in every cell

@@ -48,7 +48,7 @@ def test_defaults_are_the_official_reference_configuration():
 
 
 def test_every_field_is_documented():
-    rows = describe_fields()
+    rows = describe_fields(RunConfig)
     assert len(rows) > 50
     undocumented = [name for name, _, _, doc in rows if not doc.strip()]
     assert undocumented == []
@@ -93,8 +93,8 @@ def test_bad_yaml_names_file_field_expected_and_got(tmp_path, text, field, fragm
 
 def test_every_leaf_field_rejects_a_wrong_type_by_name():
     """Parametrised over the whole config tree: adding a field automatically adds its check."""
-    for dotted, _, _, _ in describe_fields():
-        data = apply_overrides({}, [f"{dotted}={{bogus: 1}}"])
+    for dotted, _, _, _ in describe_fields(RunConfig):
+        data = apply_overrides({}, [f"{dotted}={{bogus: 1}}"], RunConfig)
         with pytest.raises(ConfigError) as info:
             from_mapping(RunConfig, data, "x.yaml")
         assert info.value.field == dotted, dotted
@@ -153,7 +153,7 @@ def test_yaml_round_trip_and_hash(tmp_path):
 
 def test_flatten_has_one_column_per_leaf():
     flat = RunConfig().flatten()
-    assert set(flat) == {row[0] for row in describe_fields()}
+    assert set(flat) == {row[0] for row in describe_fields(RunConfig)}
     assert flat["method.vga.depth"] == 1 and flat["data.sequence"] == []
 
 

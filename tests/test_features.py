@@ -135,7 +135,7 @@ TINY = ["method.variant=handcrafted", "data.shapes.num_classes=6", "data.shapes.
 def _run(*overrides: str, **kwargs):
     from clapray.learner import ContinualLearner
 
-    from clapray.run import default_config_path
+    from clapray.config import default_config_path
 
     learner = ContinualLearner(load_run_config(default_config_path(), [*TINY, *overrides]), **kwargs)
     return learner, learner.run()
@@ -174,13 +174,13 @@ def test_flips_are_drawn_and_both_views_are_trained_on(monkeypatch):
 
 def test_only_frozen_image_towers_use_the_cache():
     from clapray.features.provide import uses_feature_cache
-    from clapray.model.prompts import PROMPT_REGISTRY
+    from clapray.model.prompts import VARIANTS
 
-    for name, variant in PROMPT_REGISTRY.items():
+    for name, spec in VARIANTS.items():
         cfg = load_run_config(None, [f"method.variant={name}"])
-        assert uses_feature_cache(cfg) == variant.image_tower_frozen, name
+        assert uses_feature_cache(cfg) == spec.image_tower_frozen, name
         assert not uses_feature_cache(load_run_config(None, [f"method.variant={name}", "data.feature_cache=false"]))
-    assert not PROMPT_REGISTRY["maple"].image_tower_frozen
+    assert not VARIANTS["maple"].image_tower_frozen
 
 
 def test_run_cli_keeps_the_cache_in_its_store_and_reuses_it(tmp_path):

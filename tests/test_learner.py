@@ -14,7 +14,8 @@ import torch
 from clapray.config import load_run_config
 from clapray.learner import ContinualLearner, TrainingDiverged
 from clapray.results import verify_consistency
-from clapray.run import default_config_path, main
+from clapray.config import default_config_path
+from clapray.run import main
 
 TINY = ["method.variant=handcrafted", "data.shapes.num_classes=8", "data.shapes.train_per_class=6",
         "data.shapes.test_per_class=4", "data.num_tasks=4", "optim.epochs=1", "optim.batch_size=8",

@@ -27,7 +27,7 @@ from conftest import QUALITY_ROWS
 from clapray.config import load_run_config
 from clapray.learner import ContinualLearner
 from clapray.records import TaskResult
-from clapray.run import shipped_config_paths
+from clapray.config import shipped_config_paths
 from clapray.zeroshot import run_zeroshot
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,8 @@ from torch.distributions import Normal, kl_divergence
 from clapray.config import MethodConfig, VGAConfig
 from clapray.losses import kl_between_normals, kl_to_standard_normal, language_aware_kd, mc_cross_entropy
 from clapray.model.adapters import ProbabilisticAdapter, language_aware_init
-from clapray.model.clap import ClapHead, default_vga_heads
+from clapray.model.clap import ClapHead
+from clapray.model.prompts.catalog import variant_spec
 from clapray.model.vga import VisualGuidedAttention, task_attention_mask
 
 D = 16
@@ -74,10 +75,10 @@ def test_vga_heads_must_divide_dim():
 
 
 def test_default_heads_follow_the_official_variants():
-    assert default_vga_heads("handcrafted", False, 512) == 1
-    assert default_vga_heads("handcrafted", True, 512) == 8
-    assert default_vga_heads("coop", False, 768) == 12
-    assert default_vga_heads("attriclip", False, 512) == 8
+    assert variant_spec("handcrafted").default_vga_heads(512, False) == 1
+    assert variant_spec("handcrafted").default_vga_heads(512, True) == 8
+    assert variant_spec("coop").default_vga_heads(768, False) == 12
+    assert variant_spec("attriclip").default_vga_heads(512, False) == 8
 
 
 def test_vga_and_adapter_parameter_counts_at_vit_b16_width():

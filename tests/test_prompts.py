@@ -18,9 +18,8 @@ from clapray.config import PROMPT_VARIANTS, MethodConfig, PromptConfig, VGAConfi
 from clapray.errors import ConfigError, UserError
 from clapray.learner import ContinualLearner
 from clapray.model.clap import ClapHead
-from clapray.model.prompts import PROMPT_REGISTRY, TowerDims
+from clapray.model.prompts import TowerDims, load_all_variants
 from clapray.model.vga import task_attention_mask
-from clapray.sweep_config import AVAILABLE_VARIANTS
 
 # A 3-task shapes scenario on the tiny random-weight backbone, set field by field (independent of the
 # shipped quickstart config).
@@ -30,8 +29,9 @@ TINY = ["backbone.model=clapray-tiny-vit", "backbone.pretrained=null", "device=c
         "optim.batch_size=4", "method.mc_samples_train=2", "method.mc_samples_eval=2", "method.vga.ff_dim=32",
         "memory.policy=per_class", "memory.size=1", "method.consolidation.epochs=1", "seeds.init=0",
         "seeds.class_order=0"]
+PROMPT_REGISTRY = load_all_variants()
 VARIANTS = list(PROMPT_REGISTRY)
-LEARNING = [v for v in VARIANTS if PROMPT_REGISTRY[v].learns]
+LEARNING = [v for v in VARIANTS if PROMPT_REGISTRY[v].spec.learns]
 
 
 def config(variant: str, *overrides: str):
@@ -88,12 +88,11 @@ def prepare_step(learner: ContinualLearner, task: int = 0):
 
 def test_registry_is_the_configs_list_and_every_variant_is_sweepable():
     assert list(PROMPT_REGISTRY) == list(PROMPT_VARIANTS)
-    assert set(AVAILABLE_VARIANTS) == set(PROMPT_REGISTRY)
     for name, cls in PROMPT_REGISTRY.items():
-        assert cls.name == name and cls.summary
+        assert cls.name == name and cls.spec.summary and cls.spec.label and cls.spec.name == name
     # The feature cache may only stand in for the frozen tower: MaPLe is the one variant that prompts it.
-    assert {n for n, c in PROMPT_REGISTRY.items() if not c.image_tower_frozen} == {"maple"}
-    assert {n for n, c in PROMPT_REGISTRY.items() if not c.learns} == {"zeroshot"}
+    assert {n for n, c in PROMPT_REGISTRY.items() if not c.spec.image_tower_frozen} == {"maple"}
+    assert {n for n, c in PROMPT_REGISTRY.items() if not c.spec.learns} == {"zeroshot"}
 
 
 @pytest.mark.parametrize("deterministic", [False, True], ids=["VI", "wo_VI"])
@@ -107,7 +106,7 @@ def test_every_variant_runs_a_three_task_scenario(variant, deterministic, one_th
     assert all(math.isfinite(r.last_acc) and math.isfinite(r.avg_acc) for r in results)
     assert digest(learner.backbone.model) == towers  # the towers never change
     final = results[-1].extra
-    if not PROMPT_REGISTRY[variant].learns:
+    if not PROMPT_REGISTRY[variant].spec.learns:
         assert learner.head is None and final["trainable_params"] == 0 and final["n_steps"] == 0
         assert learner.final_trainable_parameter_count() == 0
         return
@@ -140,7 +139,7 @@ def test_parameter_counts_at_vit_b16_dims():
     for name in LEARNING:
         for deterministic in (False, True):
             method = MethodConfig(variant=name, deterministic=deterministic)
-            head = ClapHead(512, 100.0, method, task_tokens=PROMPT_REGISTRY[name].uses_task_tokens)
+            head = ClapHead(512, 100.0, method, task_tokens=PROMPT_REGISTRY[name].spec.uses_task_tokens)
             assert sum(p.numel() for p in head.vga.parameters()) == 4_204_032  # ~4.2M, any head count
             zeros = torch.zeros(3, 512)
             trainable = head.grow(0, zeros, zeros)
@@ -149,7 +148,7 @@ def test_parameter_counts_at_vit_b16_dims():
             assert adapter == (512 * 512 + 512) * (1 if deterministic else 2) + layer_norm
             if name == "handcrafted" and not deterministic:
                 assert adapter == 525_312  # ~0.52M per task
-            tokens = 512 if PROMPT_REGISTRY[name].uses_task_tokens else 0
+            tokens = 512 if PROMPT_REGISTRY[name].spec.uses_task_tokens else 0
             assert sum(p.numel() for p in trainable) == adapter + tokens
 
 

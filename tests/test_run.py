@@ -15,7 +15,8 @@ import torch
 from clapray.builders import build_backbone, build_scenario_from_config
 from clapray.config import load_run_config
 from clapray.results import verify_consistency
-from clapray.run import default_config_path, main
+from clapray.config import default_config_path
+from clapray.run import main
 from clapray.zeroshot import EncodedSplit, evaluate_step
 
 SMALL = ["data.shapes.num_classes=8", "data.shapes.train_per_class=4", "data.shapes.test_per_class=6",

@@ -47,7 +47,7 @@ def main(args: argparse.Namespace) -> int:
     from clapray.errors import UserError
     from clapray.features.provide import features_for
     from clapray.learner import ContinualLearner
-    from clapray.run import default_config_path
+    from clapray.config import default_config_path
 
     for name in ("classes", "tasks", "train_per_class", "test_per_class", "epochs"):
         if getattr(args, name) < 1:

@@ -15,9 +15,9 @@ from clapray.features.fingerprint import feature_fingerprint
 
 def uses_feature_cache(cfg: RunConfig) -> bool:
     """``data.feature_cache`` on and a variant that declares its image tower frozen (all but MaPLe)."""
-    from clapray.model.prompts import variant_class
+    from clapray.model.prompts.catalog import variant_spec
 
-    return cfg.data.feature_cache and variant_class(cfg.method.variant).image_tower_frozen
+    return cfg.data.feature_cache and variant_spec(cfg.method.variant).image_tower_frozen
 
 
 def feature_key(cfg: RunConfig, backbone: Any, benchmark: Any) -> tuple[str, dict[str, Any]]:

@@ -36,6 +36,7 @@ from clapray.config import MethodConfig
 from clapray.errors import UserError
 from clapray.losses import kl_between_normals, kl_to_standard_normal, language_aware_kd
 from clapray.model.adapters import ProbabilisticAdapter, language_aware_init
+from clapray.model.prompts.catalog import variant_spec
 from clapray.model.vga import VisualGuidedAttention
 
 
@@ -46,25 +47,12 @@ class HeadOutput:
     kd: Tensor  # scalar: sum over the regularised tasks of L_KD,i
 
 
-def default_vga_heads(variant: str, deterministic: bool, dim: int) -> int:
-    """The official head counts (§4): hand-crafted 1, AttriCLIP 8, CoOp/MaPLe/CoCoOp/w/o VI d/64."""
-    if variant == "attriclip" and dim % 8 == 0:
-        return 8
-    if variant == "handcrafted" and not deterministic:
-        return 1
-    return max(1, dim // 64)
-
-
-def uses_adapter_layer_norm(variant: str, deterministic: bool) -> bool:
-    """CoOp, MaPLe and the deterministic variant put LayerNorm(d) before the adapter heads (§3.2, §14)."""
-    return deterministic or variant in ("coop", "maple", "cocoop")
-
-
 class ClapHead(nn.Module):
     def __init__(self, dim: int, logit_scale: float, method: MethodConfig, *, task_tokens: bool = False):
         super().__init__()
         vga = method.vga
-        heads = vga.heads or default_vga_heads(method.variant, method.deterministic, dim)
+        spec = variant_spec(method.variant)
+        heads = vga.heads or spec.default_vga_heads(dim, method.deterministic)
         self.vga = (VisualGuidedAttention(dim, depth=vga.depth, heads=heads, ff_dim=vga.ff_dim, dropout=vga.dropout,
                                           context=vga.context) if vga.enabled else None)
         if method.prior == "data_driven" and (self.vga is None or vga.context != "batch"):
@@ -74,7 +62,7 @@ class ClapHead(nn.Module):
         self.logit_scale = float(logit_scale)
         self.deterministic = method.deterministic
         self.task_specific = method.task_specific_adapters
-        self.layer_norm = uses_adapter_layer_norm(method.variant, method.deterministic)
+        self.layer_norm = spec.uses_adapter_layer_norm(method.deterministic)
         self.prior = method.prior
         self.prior_context_size = method.prior_context_size
         self.language_init = method.language_init

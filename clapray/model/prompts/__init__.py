@@ -1,29 +1,40 @@
-"""Prompt variants (§3): the registry and every registered variant.
+"""Prompt variants (§3): the catalogue, the registry of implementations, and every variant.
 
-Importing this package registers handcrafted, zeroshot, coop, cocoop, maple and attriclip in
-:data:`PROMPT_REGISTRY`; :func:`build_prompt_variant` makes one for a backbone and a scenario's classes.
+:mod:`clapray.model.prompts.catalog` declares every variant without importing torch; each implementation
+module registers its class (:func:`register_variant`) and :func:`variant_class` imports it on first use.
+:data:`PROMPT_REGISTRY` lists every implementation in catalogue order once :func:`load_all_variants` ran;
+:func:`build_prompt_variant` makes one for a backbone and a scenario's classes. Names are imported on
+first use (PEP 562), so the catalogue is importable without torch.
 """
 
-from clapray.model.prompts.base import (
-    PHASES,
-    PROMPT_REGISTRY,
-    PromptText,
-    PromptVariant,
-    build_prompt_variant,
-    register_variant,
-    variant_class,
-)
-from clapray.model.prompts.towers import TowerDims
-# Registration order is the order of config.PROMPT_VARIANTS (tables and benchmarks list variants in it).
-from clapray.model.prompts import handcrafted, coop, maple, attriclip, cocoop, zeroshot  # noqa: F401, I001
+from __future__ import annotations
 
-__all__ = [
-    "PHASES",
-    "PROMPT_REGISTRY",
-    "PromptText",
-    "PromptVariant",
-    "TowerDims",
-    "build_prompt_variant",
-    "register_variant",
-    "variant_class",
-]
+import importlib
+from typing import Any
+
+from clapray.model.prompts.catalog import VARIANT_NAMES, VARIANTS, VariantSpec, variant_spec
+
+_EXPORTS = {
+    "PHASES": "clapray.model.prompts.base",
+    "PROMPT_REGISTRY": "clapray.model.prompts.base",
+    "PromptText": "clapray.model.prompts.base",
+    "PromptVariant": "clapray.model.prompts.base",
+    "build_prompt_variant": "clapray.model.prompts.base",
+    "register_variant": "clapray.model.prompts.base",
+    "variant_class": "clapray.model.prompts.base",
+    "TowerDims": "clapray.model.prompts.towers",
+}
+
+__all__ = sorted([*_EXPORTS, "VARIANTS", "VARIANT_NAMES", "VariantSpec", "load_all_variants", "variant_spec"])
+
+
+def load_all_variants() -> dict[str, Any]:
+    """Import every implementation; returns the registry ``{name: class}`` in catalogue order."""
+    base = importlib.import_module("clapray.model.prompts.base")
+    return {name: base.variant_class(name) for name in VARIANTS}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

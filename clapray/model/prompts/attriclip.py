@@ -38,11 +38,6 @@ from clapray.model.prompts.towers import SlotPrompts, TowerDims, encode_text_emb
 @register_variant
 class AttriClipPrompts(PromptVariant):
     name = "attriclip"
-    summary = "attribute bank (keys + prompts) chosen top-k per image, task tokens in VGA; + adapters"
-    image_conditioned = True
-    uses_task_tokens = True
-    trains_in_consolidation = True
-    vga_trains_in_consolidation = True
 
     def __init__(self, backbone, templates, options: PromptConfig):
         super().__init__(backbone, templates, options)

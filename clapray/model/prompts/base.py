@@ -13,9 +13,10 @@ A prompt variant answers, for the learner and the CLAP head:
   ``consolidate`` (memory consolidation), besides the head's VGA and adapters.
 * ``learned_parameter_count()``: parameters the variant ever trains (the runs table's count).
 
-Class attributes declare the rest: ``learns`` (false for zero-shot: no head, no training),
-``per_image_queries`` (the VGA queries are per image), ``uses_task_tokens`` (AttriCLIP's task tokens in
-VGA), ``trains_in_consolidation`` and ``vga_trains_in_consolidation`` (§11).
+Everything declarative about a variant (whether it learns, keeps the image tower frozen, conditions its
+text on the images, uses task tokens, what trains in consolidation, its VGA heads and adapter LayerNorm)
+is its :class:`~clapray.model.prompts.catalog.VariantSpec`, attached to the class as ``spec`` when it
+registers: code that must not import torch reads the same facts from the catalogue.
 
 The learnable tensors of a variant live in one sub-module, built by :meth:`PromptVariant.make_parameters`
 from :class:`~clapray.model.prompts.towers.TowerDims` alone, so their count at any backbone's dims can be
@@ -25,6 +26,7 @@ strings, template features) are non-persistent buffers: a checkpoint carries onl
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -34,6 +36,7 @@ from torch import Tensor, nn
 from clapray.config import PromptConfig
 from clapray.errors import UserError
 from clapray.model.backbone import Backbone
+from clapray.model.prompts.catalog import VARIANTS, VariantSpec
 from clapray.model.prompts.towers import TowerDims
 from clapray.model.text_features import TemplateFeatures
 
@@ -60,15 +63,8 @@ class PromptText:
 class PromptVariant(nn.Module):
     """Base class of every prompt variant; subclasses register with :func:`register_variant`."""
 
-    name: ClassVar[str] = ""
-    summary: ClassVar[str] = ""  # one line: what the variant trains
-    learns: ClassVar[bool] = True
-    image_tower_frozen: ClassVar[bool] = True
-    image_conditioned: ClassVar[bool] = False
-    per_image_queries: ClassVar[bool] = False
-    uses_task_tokens: ClassVar[bool] = False
-    trains_in_consolidation: ClassVar[bool] = False
-    vga_trains_in_consolidation: ClassVar[bool] = False
+    name: ClassVar[str] = ""  # the catalogue entry this class implements
+    spec: ClassVar[VariantSpec]  # attached by register_variant
 
     def __init__(self, backbone: Backbone, templates: TemplateFeatures, options: PromptConfig):
         super().__init__()
@@ -105,7 +101,7 @@ class PromptVariant(nn.Module):
         """What the optimiser updates in ``phase`` (``train`` or ``consolidate``), besides VGA and adapters."""
         if phase not in PHASES:
             raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
-        if phase == "consolidate" and not self.trains_in_consolidation:
+        if phase == "consolidate" and not self.spec.trains_in_consolidation:
             return []
         return self.learned_subset(self.learned, self.options)
 
@@ -124,20 +120,30 @@ PROMPT_REGISTRY: dict[str, type[PromptVariant]] = {}
 
 
 def register_variant(cls: type[PromptVariant]) -> type[PromptVariant]:
-    """Class decorator: make ``cls`` available as ``method.variant: <cls.name>``."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no variant name")
+    """Class decorator: make ``cls`` the implementation of the catalogue entry ``cls.name``.
+
+    The entry's ``module`` must be the module defining ``cls``, so that :func:`variant_class` finds it.
+    """
+    if cls.name not in VARIANTS:
+        raise ValueError(f"{cls.__name__}: {cls.name!r} is not in the prompt-variant catalogue")
+    spec = VARIANTS[cls.name]
+    if cls.__module__ != f"{__package__}.{spec.module}":
+        raise ValueError(f"{cls.__name__} is defined in {cls.__module__}, but the catalogue says variant "
+                         f"{cls.name!r} lives in {__package__}.{spec.module}")
     if cls.name in PROMPT_REGISTRY and PROMPT_REGISTRY[cls.name] is not cls:
         raise ValueError(f"prompt variant {cls.name!r} is registered twice")
+    cls.spec = spec
     PROMPT_REGISTRY[cls.name] = cls
     return cls
 
 
 def variant_class(name: str) -> type[PromptVariant]:
-    try:
-        return PROMPT_REGISTRY[name]
-    except KeyError:
-        raise UserError(f"method.variant: expected one of {', '.join(PROMPT_REGISTRY)}, got {name!r}") from None
+    """The implementation of catalogue entry ``name`` (its module is imported on first use)."""
+    if name not in VARIANTS:
+        raise UserError(f"method.variant: expected one of {', '.join(VARIANTS)}, got {name!r}")
+    if name not in PROMPT_REGISTRY:
+        importlib.import_module(f"{__package__}.{VARIANTS[name].module}")
+    return PROMPT_REGISTRY[name]
 
 
 def build_prompt_variant(name: str, backbone: Backbone, templates: TemplateFeatures,

@@ -40,10 +40,6 @@ class CoCoOpPrompts(CoOpPrompts):
     """CoOp's prompts and context (inherited), shifted per image by the meta-net."""
 
     name = "cocoop"
-    summary = "CoOp context + meta-net conditioning it on each image; per-image VGA queries; + adapters"
-    image_conditioned = True
-    per_image_queries = True
-    trains_in_consolidation = True
 
     @classmethod
     def make_parameters(cls, dims: TowerDims, options: PromptConfig) -> nn.Module:

@@ -32,8 +32,6 @@ def context_prompts(class_names, n_ctx: int) -> list[str]:
 @register_variant
 class CoOpPrompts(PromptVariant):
     name = "coop"
-    summary = "shared context of n_ctx text tokens, through the frozen text tower; + VGA + adapters"
-    trains_in_consolidation = True
 
     def __init__(self, backbone, templates, options: PromptConfig):
         super().__init__(backbone, templates, options)

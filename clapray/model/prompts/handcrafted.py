@@ -14,7 +14,6 @@ from clapray.model.prompts.base import PromptText, PromptVariant, register_varia
 @register_variant
 class HandcraftedPrompts(PromptVariant):
     name = "handcrafted"
-    summary = "no prompt parameters: template-ensemble text features; VGA + adapters learn"
 
     def text_features(self, num_seen: int, image_features: Tensor | None = None) -> PromptText:
         return PromptText(self.template_text[:num_seen])  # [C, d]

@@ -63,9 +63,6 @@ def effective_depth(dims: TowerDims, options: PromptConfig) -> int:
 @register_variant
 class MaplePrompts(PromptVariant):
     name = "maple"
-    summary = "shallow + deep text prompts coupled into the image tower (both towers prompted); + VGA + adapters"
-    image_tower_frozen = False
-    trains_in_consolidation = True
 
     def __init__(self, backbone, templates, options: PromptConfig):
         check_prompted_vision(backbone)

@@ -15,5 +15,3 @@ from clapray.model.prompts.handcrafted import HandcraftedPrompts
 @register_variant
 class ZeroShot(HandcraftedPrompts):
     name = "zeroshot"
-    summary = "nothing: frozen CLIP with template-ensemble text features (Continual-CLIP)"
-    learns = False

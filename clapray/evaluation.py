@@ -11,13 +11,13 @@ import numpy as np
 import torch
 
 from clapray import metrics
-from clapray.records import NoveltyDetection, ReliabilityBins
+from clapray.task_result import NoveltyDetection, ReliabilityBins
 
 
 def step_metrics(seen_logits: torch.Tensor | np.ndarray, targets: np.ndarray, tasks: np.ndarray, step: int,
                  task_of_class: np.ndarray, history: list[list[float]], *, batch_size: int, ece_bins: int,
                  future_logits: torch.Tensor | np.ndarray | None = None) -> dict:
-    """The fields of a :class:`~clapray.records.TaskResult` after task ``step``.
+    """The fields of a :class:`~clapray.task_result.TaskResult` after task ``step``.
 
     Args:
         seen_logits: [N, C_seen] logits (mean over MC samples) of the evaluation images of tasks 0..step,

@@ -1,4 +1,9 @@
-"""Local files that readers never see half-written, and a lock that lets one of several processes work."""
+"""Files that readers never see half-written, a lock that lets one of several processes work, and store paths.
+
+Local paths and URIs (``s3://bucket/prefix``, ``file://...``) are resolved to a ``pyarrow.fs`` filesystem
+and a path on it by :func:`resolve_filesystem`, which the results store, the feature cache and the report
+share.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,15 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow.fs as pafs
+
 try:  # POSIX advisory locks; elsewhere concurrent writers still cannot corrupt a file (rename).
     import fcntl
 except ImportError:  # pragma: no cover - not on the supported platforms
     fcntl = None  # type: ignore[assignment]
+
+# Object stores write a key in one request, so a final name can be written directly there.
+_OBJECT_STORES = frozenset({"s3", "gcs", "abfs"})
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -49,3 +59,39 @@ def directory_lock(directory: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def resolve_filesystem(root: str | Path, filesystem: pafs.FileSystem | None = None
+                       ) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path without a trailing slash) for a local path, a URI, or a path on ``filesystem``."""
+    if filesystem is not None:
+        return filesystem, str(root).rstrip("/")
+    text = os.fspath(root)
+    if isinstance(root, Path) or "://" not in text:
+        return pafs.LocalFileSystem(), os.path.abspath(text)
+    if text.startswith("s3://") and "allow_delayed_open" not in text:
+        # Delayed open lets pyarrow send a small file as one PutObject instead of a three-request
+        # multipart upload: fewer round trips per task row, and S3 look-alikes (moto) that mishandle
+        # multipart completion work too. Either way the object appears whole or not at all.
+        text += ("&" if "?" in text else "?") + "allow_delayed_open=true"
+    fs, path = pafs.FileSystem.from_uri(text)
+    return fs, path.rstrip("/")
+
+
+def is_object_store(fs: pafs.FileSystem) -> bool:
+    """Whether ``fs`` is an object store (S3, GCS, Azure), where one PUT writes a whole object."""
+    while isinstance(fs, pafs.SubTreeFileSystem):
+        fs = fs.base_fs
+    return fs.type_name in _OBJECT_STORES
+
+
+def data_files(fs: pafs.FileSystem, directory: str, suffix: str = ".parquet") -> list[str]:
+    """Paths of the ``suffix`` files of a directory, skipping hidden and temporary names (leading ``.`` or
+    ``_``, as pyarrow's dataset discovery does), sorted."""
+    infos = fs.get_file_info(pafs.FileSelector(directory, allow_not_found=True))
+    out = []
+    for info in infos:
+        base = info.base_name
+        if info.type == pafs.FileType.File and base.endswith(suffix) and not base.startswith((".", "_")):
+            out.append(info.path)
+    return sorted(out)

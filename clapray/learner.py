@@ -11,7 +11,7 @@ Per task t (§12.2):
 4. update the exemplar memory;
 5. consolidate (t > 0, replay on): all adapters (+ the prompts of CoOp, MaPLe, CoCoOp, AttriCLIP, + VGA for
    AttriCLIP) on the class-balanced memory, VGA frozen otherwise;
-6. evaluate on tasks 0..t and report a :class:`~clapray.records.TaskResult`.
+6. evaluate on tasks 0..t and report a :class:`~clapray.task_result.TaskResult`.
 
 The prompt variant (:mod:`clapray.model.prompts`) supplies the image embeddings (``encode_images``: the
 frozen tower, or MaPLe's prompted one) and, separately, the base text features of the seen classes for
@@ -55,9 +55,10 @@ from clapray.losses import mc_cross_entropy
 from clapray.model.adapters import ProbabilisticAdapter
 from clapray.model.clap import ClapHead, HeadOutput
 from clapray.model.prompts import PromptText, build_prompt_variant, variant_class
+from clapray.model.prompts.zeroshot import zero_shot_logits
 from clapray.model.text_features import template_text_features
 from clapray.model.vga import task_attention_mask
-from clapray.records import TaskResult
+from clapray.task_result import RunProvenance, TaskResult
 from clapray.schedule import cosine_with_warmup, effective_lr, warmup_steps
 
 CHECKPOINT_VERSION = 2
@@ -310,9 +311,9 @@ class ContinualLearner:
                       regularize: Sequence[int] = (), labels: Tensor | None = None) -> HeadOutput:
         """Logits [M, B, C_seen] (and KL/KD terms) of image embeddings ``x`` [B, d] given the batch's text."""
         if self.head is None:
-            # Zero-shot: s <x̂, t_c>, one "sample".
+            # A variant that learns nothing (Continual-CLIP): s <x̂, t_c>, one "sample".
             zero = x.new_zeros(())
-            return HeadOutput((self.backbone.logit_scale * x @ text.queries.T)[None], zero, zero)
+            return HeadOutput(zero_shot_logits(x, text.queries, self.backbone.logit_scale)[None], zero, zero)
         return self.head(x, text.queries, setup.slices, setup.mask, n_samples, regularize=regularize,
                          template_mean=setup.template_mean, labels=labels, image_text=text.per_image)
 
@@ -565,6 +566,12 @@ class ContinualLearner:
         tokens = self.num_tasks * self.head.dim if self.head.task_tokens is not None else 0
         return (vga + adapters * sum(p.numel() for p in probe.parameters()) + tokens
                 + self.prompt.learned_parameter_count())
+
+    def provenance(self) -> RunProvenance:
+        """What the runs table records about this run beside its configuration."""
+        return RunProvenance(dataset_fingerprint=self.scenario.benchmark.fingerprint(),
+                             trainable_params=self.final_trainable_parameter_count(),
+                             used_feature_cache=self.uses_feature_cache)
 
     def _peak_memory_mb(self) -> float:
         if self.device.type == "cuda":

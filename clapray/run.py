@@ -19,7 +19,7 @@ from pathlib import Path
 from clapray.config import RunConfig, describe_fields, load_run_config, resolve_config_argument
 from clapray.errors import UserError, exit_on_user_error
 from clapray.fileio import write_text_atomic
-from clapray.records import TaskResult
+from clapray.task_result import TaskResult
 
 EXIT_RUN_FAILED = 1
 
@@ -58,34 +58,25 @@ def execute(cfg: RunConfig, *, out=None) -> list[TaskResult]:
     checkpoint = run_dir / "checkpoint.pt"
     start = time.perf_counter()
 
-    if cfg.method.variant == "zeroshot":
-        from clapray.builders import build_scenario_from_config
-        from clapray.zeroshot import run_zeroshot
+    from clapray.learner import ContinualLearner
 
-        scenario = build_scenario_from_config(cfg)
-        writer = RunWriter(store, rid, cfg, dataset_fingerprint=scenario.benchmark.fingerprint(),
-                           extra={"trainable_params": 0, "used_feature_cache": False})
-        learner = None
-    else:
-        from clapray.learner import ContinualLearner
-
-        learner = ContinualLearner(cfg, feature_store=str(store / "feature_cache"))
-        if checkpoint.exists():
-            learner.load(checkpoint)
-        writer = RunWriter(store, rid, cfg, dataset_fingerprint=learner.scenario.benchmark.fingerprint(),
-                           extra={"trainable_params": learner.final_trainable_parameter_count(),
-                                  "used_feature_cache": learner.uses_feature_cache})
-        if learner.tasks_done:
-            print(f"resuming {rid} after task {learner.tasks_done}/{learner.num_tasks}", file=out)
-        if learner.tasks_done == learner.num_tasks:
-            final = learner.history[-1]
-            print(f"already finished: avg {final.avg_acc:.2f}  last {final.last_acc:.2f}  -> {store}", file=out)
-            return learner.history
+    # Every variant, the zero-shot reference row included, runs through the learner (which builds no head
+    # for a variant that learns nothing); its features land in the store's cache, shared by later runs.
+    learner = ContinualLearner(cfg, feature_store=str(store / "feature_cache"))
+    if checkpoint.exists():
+        learner.load(checkpoint)
+    writer = RunWriter(store, rid, cfg, provenance=learner.provenance())
+    if learner.tasks_done:
+        print(f"resuming {rid} after task {learner.tasks_done}/{learner.num_tasks}", file=out)
+    if learner.tasks_done == learner.num_tasks:
+        final = learner.history[-1]
+        print(f"already finished: avg {final.avg_acc:.2f}  last {final.last_acc:.2f}  -> {store}", file=out)
+        return learner.history
     # Directories are made only once data and model are known to load, so a mistake leaves nothing behind.
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
 
-    history: list[TaskResult] = list(learner.history) if learner is not None else []
+    history: list[TaskResult] = list(learner.history)
 
     def on_task(result: TaskResult) -> None:
         history.append(result)
@@ -94,10 +85,7 @@ def execute(cfg: RunConfig, *, out=None) -> list[TaskResult]:
         print(f"{result.summary_line()}  elapsed {elapsed:.1f}s", file=out, flush=True)
 
     try:
-        if learner is None:
-            run_zeroshot(cfg, on_task=on_task, scenario=scenario)
-        else:
-            learner.run(on_task=on_task, after_task=lambda lr: lr.save(checkpoint))
+        learner.run(on_task=on_task, after_task=lambda lr: lr.save(checkpoint))
     except KeyboardInterrupt:
         writer.mark("stopped", "interrupted")
         raise

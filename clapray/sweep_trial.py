@@ -87,9 +87,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     writer = None
     if rank == 0:
         writer = RunWriter(loop_config["store"], loop_config["run_id"], cfg, ids=loop_config["ids"],
-                           dataset_fingerprint=learner.scenario.benchmark.fingerprint(),
-                           extra={"trainable_params": learner.final_trainable_parameter_count(),
-                                  "used_feature_cache": learner.uses_feature_cache})
+                           provenance=learner.provenance())
     start = time.perf_counter()
     for task in range(learner.tasks_done, learner.num_tasks):
         try:

@@ -26,9 +26,8 @@ from conftest import QUALITY_ROWS
 
 from clapray.config import load_run_config
 from clapray.learner import ContinualLearner
-from clapray.records import TaskResult
+from clapray.task_result import TaskResult
 from clapray.config import shipped_config_paths
-from clapray.zeroshot import run_zeroshot
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +53,7 @@ def runs(mini_clip_cache, tmp_path_factory):
             before = torch.get_num_threads()
             torch.set_num_threads(2)
             try:
-                results = run_zeroshot(cfg) if cfg.method.variant == "zeroshot" else ContinualLearner(cfg).run()
+                results = ContinualLearner(cfg).run()
             finally:
                 torch.set_num_threads(before)
             done[name] = results

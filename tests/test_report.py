@@ -17,10 +17,11 @@ import pytest
 from PIL import Image
 
 from clapray.config import RunConfig, from_mapping
-from clapray.records import NoveltyDetection, ReliabilityBins, TaskResult
+from clapray.task_result import NoveltyDetection, ReliabilityBins, TaskResult
 from clapray.report.cli import main as report_main
 from clapray.report.load import load_store
 from clapray.results import RunWriter
+from clapray.task_result import RunProvenance
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_TASKS = 3
@@ -59,7 +60,7 @@ def write_trial(root: Path, run_id: str, *, cell: str, seed: int, configuration:
     cfg = from_mapping(RunConfig, {"seeds": {"init": seed}, **config}, "test")
     writer = RunWriter(root, run_id, cfg, ids={"sweep": "synthetic", "cell": cell, "trial_id": run_id, "seed": seed,
                                                "configuration": configuration},
-                       extra={"trainable_params": 1000 + 10 * int(cfg.method.deterministic)})
+                       provenance=RunProvenance(trainable_params=1000 + 10 * int(cfg.method.deterministic)))
     history = results_for(quality, rng)
     for t in range(upto):
         writer.write_task(history[t], history[: t + 1])

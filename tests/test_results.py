@@ -22,7 +22,7 @@ import yaml
 
 from clapray import results as R
 from clapray.config import RunConfig, from_mapping
-from clapray.records import NoveltyDetection, TaskResult
+from clapray.task_result import NoveltyDetection, RunProvenance, TaskResult
 
 NAN = float("nan")
 
@@ -88,8 +88,8 @@ def test_hand_computed_constants_match_the_fake_results() -> None:
 
 def test_three_tasks_write_all_tables_and_status_transitions(tmp_path: Path) -> None:
     res = fake_results()
-    writer = R.RunWriter(tmp_path, "run-a", config(memory={"size": 500}), ids=IDS, dataset_fingerprint="fp123",
-                         extra={"trainable_params": 12345, "used_feature_cache": False})
+    writer = R.RunWriter(tmp_path, "run-a", config(memory={"size": 500}), ids=IDS,
+                         provenance=RunProvenance("fp123", trainable_params=12345, used_feature_cache=False))
     statuses = []
     for t in range(3):
         writer.write_task(res[t], res[: t + 1], gpu_s=3.0 * (t + 1))
@@ -199,7 +199,7 @@ def test_runs_with_different_config_nullness_and_loss_keys_read_together(tmp_pat
     write_run(tmp_path, "b-set", config(memory={"size": 500}, data={"num_tasks": 3, "sequence": ["cifar100"]}),
               results=fake_results(losses={"train": 2.0, "train_kd": 0.3, "aux_extra": 9.0},
                                    timings={"total": 2.0, "sample": 0.5}),
-              extra={"trainable_params": 7})
+              extra={"custom_count": 7})
     for a, b in [("runs/a-null.parquet", "runs/b-set.parquet"),
                  ("tasks/a-null--task-000.parquet", "tasks/b-set--task-000.parquet")]:
         sa, sb = pq.read_schema(tmp_path / a), pq.read_schema(tmp_path / b)
@@ -219,7 +219,7 @@ def test_runs_with_different_config_nullness_and_loss_keys_read_together(tmp_pat
     full = R.load_table(tmp_path, "tasks")
     assert {"loss_aux_extra", "sample_s"} <= set(full.columns)
     assert full.groupby("run_id")["loss_aux_extra"].max().fillna(-1).to_dict() == {"a-null": -1, "b-set": 9.0}
-    assert R.load_table(tmp_path, "runs").set_index("run_id")["trainable_params"].fillna(-1).to_dict() == {
+    assert R.load_table(tmp_path, "runs").set_index("run_id")["custom_count"].fillna(-1).to_dict() == {
         "a-null": -1, "b-set": 7}
     assert R.verify_consistency(tmp_path) == []
 
@@ -275,7 +275,7 @@ def test_failed_write_leaves_previous_file_and_no_temporary(tmp_path: Path,
         assert len(pd.read_parquet(directory)) == {"accuracy": 3, "tasks": 2, "runs": 1}[directory.name]
         raise OSError("disk full")
 
-    monkeypatch.setattr(R.pq, "write_table", crash)
+    monkeypatch.setattr("clapray.results.writer.pq.write_table", crash)
     with pytest.raises(OSError, match="disk full"):
         writer.write_task(res[1], res[:2])
     monkeypatch.undo()
@@ -324,8 +324,10 @@ def test_writer_validates_its_arguments(tmp_path: Path) -> None:
             R.RunWriter(tmp_path, bad, cfg)
     with pytest.raises(TypeError, match="seed"):
         R.RunWriter(tmp_path, "r", cfg, ids={"seed": [1, 2]})
-    with pytest.raises(TypeError, match="trainable_params"):
-        R.RunWriter(tmp_path, "r", cfg, extra={"trainable_params": None})
+    with pytest.raises(TypeError, match="custom_count"):
+        R.RunWriter(tmp_path, "r", cfg, extra={"custom_count": None})
+    with pytest.raises(ValueError, match="extra column"):
+        R.RunWriter(tmp_path, "r", cfg, extra={"trainable_params": 3})  # a fixed provenance column
     with pytest.raises(ValueError, match="id column"):
         R.RunWriter(tmp_path, "r", cfg, ids={"task": 1})  # would clash with a store column
     with pytest.raises(ValueError, match="extra column"):

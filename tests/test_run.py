@@ -1,4 +1,4 @@
-"""The run CLI and the zero-shot job end to end: config -> scenario -> backbone -> metrics -> files."""
+"""The run CLI end to end (config -> scenario -> backbone -> learner -> files), with the zero-shot variant."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from clapray.config import load_run_config
 from clapray.results import verify_consistency
 from clapray.config import default_config_path
 from clapray.run import main
-from clapray.zeroshot import EncodedSplit, evaluate_step
+from clapray.evaluation import step_metrics
 
 SMALL = ["data.shapes.num_classes=8", "data.shapes.train_per_class=4", "data.shapes.test_per_class=6",
          "data.num_tasks=4"]
@@ -29,7 +29,7 @@ def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
 
 
 def test_core_imports_neither_ray_nor_optuna():
-    code = ("import sys, clapray, clapray.config, clapray.data, clapray.model, clapray.metrics, clapray.zeroshot, "
+    code = ("import sys, clapray, clapray.config, clapray.data, clapray.model, clapray.metrics, "
             "clapray.run; bad = [m for m in ('ray', 'optuna') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
@@ -123,16 +123,23 @@ def test_zeroshot_step_metrics_follow_task_indexing():
                                                   "data.shapes.test_per_class=3", "eval.batch_size=2"])
     scenario = build_scenario_from_config(cfg)
     labels = np.repeat(np.arange(4), 3)  # 12 images, classes 0..3, tasks 0,0,1,1
-    tasks = scenario.task_of_class[labels]
+    tasks = np.asarray(scenario.task_of_class)[labels]
     logits = torch.full((12, 4), -5.0)
     logits[np.arange(12), labels] = 5.0
     logits[tasks == 1, 0] = 9.0  # task-1 images are pulled to class 0 (task 0) ...
-    encoded = EncodedSplit(torch.zeros(12, 8), labels, np.asarray(tasks))
     history: list[list[float]] = []
-    step0 = evaluate_step(logits, encoded, scenario, 0, cfg, history)
+
+    def evaluate_step(step: int) -> dict:
+        seen, n_seen = tasks <= step, int(scenario.task_bounds(step)[1])
+        future = logits[~seen][:, :n_seen] if step < scenario.num_tasks - 1 else None
+        return step_metrics(logits[seen][:, :n_seen], labels[seen], tasks[seen], step,
+                            np.asarray(scenario.task_of_class)[:n_seen], history, batch_size=2, ece_bins=15,
+                            future_logits=future)
+
+    step0 = evaluate_step(0)
     assert step0["accuracy_row"] == (100.0,) and step0["n_eval"] == (6,)
     assert step0["phndd"] is not None  # task-1 images are the novel data at step 0
-    step1 = evaluate_step(logits, encoded, scenario, 1, cfg, history)
+    step1 = evaluate_step(1)
     assert step1["accuracy_row"] == (100.0, 0.0)
     assert step1["task_aware_row"] == (100.0, 100.0)
     assert step1["last_acc"] == pytest.approx(50.0)

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from clapray.fileio import directory_lock, write_bytes_atomic
-from clapray.results import resolve_filesystem
+from clapray.fileio import resolve_filesystem
 
 logger = logging.getLogger(__name__)
 

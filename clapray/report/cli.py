@@ -68,7 +68,7 @@ def _upload(local: Path, target: str) -> None:
     """Copy a finished report directory to a URI (``s3://...``) with pyarrow's filesystems."""
     import pyarrow.fs as pafs
 
-    from clapray.results import resolve_filesystem
+    from clapray.fileio import resolve_filesystem
 
     fs, path = resolve_filesystem(target, None)
     pafs.copy_files(str(local), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)

@@ -29,7 +29,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from clapray.errors import UserError
-from clapray.results import _data_files, resolve_filesystem, config_schema, load_table
+from clapray.fileio import data_files, resolve_filesystem
+from clapray.results import config_schema, load_table
 
 # Run states, in the order the report lists them.
 COMPLETE = "complete"
@@ -101,12 +102,12 @@ def _check_root(root: str) -> None:
                         f"results/quickstart, with runs/*.parquet)")
     if info.type != pafs.FileType.Directory:
         raise UserError(f"{root}: not a directory (expected a results store with runs/*.parquet)")
-    if _data_files(fs, f"{path}/runs"):
+    if data_files(fs, f"{path}/runs"):
         return
     hint = ""
     try:
         below = [i.base_name for i in fs.get_file_info(pafs.FileSelector(path))
-                 if i.type == pafs.FileType.Directory and _data_files(fs, f"{i.path}/runs")]
+                 if i.type == pafs.FileType.Directory and data_files(fs, f"{i.path}/runs")]
     except OSError:
         below = []
     if below:

@@ -1,8 +1,9 @@
-"""What a run reports after every task, and an atomic file write for the run directory.
+"""What a run reports: a :class:`TaskResult` after every task, and its :class:`RunProvenance`.
 
 A :class:`TaskResult` is the unit of reporting: the run CLI prints it, the sweep forwards it to Ray Tune
 and the results store turns it into Parquet rows. It is plain data (lists, floats), so it pickles and
-serialises to JSON without torch.
+serialises to JSON without torch. :class:`RunProvenance` is what the runs table records about a run beside
+its configuration: what data it saw, what it trained, whether it read the frozen-feature cache.
 """
 
 from __future__ import annotations
@@ -92,3 +93,18 @@ class TaskResult:
         bwt = "   -  " if math.isnan(self.bwt) else f"{self.bwt:+6.2f}"
         return (f"task {self.task + 1:2d}/{self.num_tasks}  acc {self.last_acc:6.2f}  avg {self.avg_acc:6.2f}  "
                 f"bwt {bwt}  ece {self.ece:.3f}  {self.timings.get('total', float('nan')):.1f}s")
+
+
+@dataclass(frozen=True)
+class RunProvenance:
+    """Facts about a run that its configuration alone does not give, recorded in its ``runs`` row.
+
+    Attributes:
+        dataset_fingerprint: the benchmark's content fingerprint (files and split).
+        trainable_params: parameters the method trains once every task is learned (0 for zero-shot).
+        used_feature_cache: whether training and evaluation read the frozen-feature cache.
+    """
+
+    dataset_fingerprint: str | None = None
+    trainable_params: int | None = None
+    used_feature_cache: bool | None = None

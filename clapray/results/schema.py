@@ -1,0 +1,190 @@
+"""The tables of the results store and their fixed Arrow schemas (see :mod:`clapray.results`).
+
+Every table has a fixed set of columns with explicit types, built here rather than inferred from values,
+so that every file of a table shares one schema: ``pd.read_parquet(dir)`` takes the schema of the *first*
+file and casts the others to it. Every RunConfig field gets its type from its dataclass annotation:
+``int`` / ``int | None`` -> int64 (nullable), ``float`` -> float64, ``bool`` -> bool, ``str`` /
+``Literal[...]`` -> string, ``tuple[...]`` -> a JSON list as a string (hashable, so ``groupby`` and ``==``
+work on it in pandas). Metric columns are float64 with NaN for missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import re
+import types
+import typing
+from typing import Any, Iterable, Literal, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from clapray.config import RunConfig
+
+Table = Literal["runs", "tasks", "accuracy", "calibration"]
+TABLES: tuple[str, ...] = ("runs", "tasks", "accuracy", "calibration")
+RunStatus = Literal["running", "finished", "error", "stopped"]
+RUN_STATUSES: tuple[str, ...] = ("running", "finished", "error", "stopped")
+
+# Losses and timings a run reports; each always has a column (NaN when a run lacks it) so that files of
+# runs with different methods still share one schema.
+LOSS_KEYS: tuple[str, ...] = ("train", "train_ce", "train_kd", "train_kl", "consolidation")
+TIMING_KEYS: tuple[str, ...] = ("train", "consolidate", "evaluate", "total")
+
+SCHEMA_VERSION = "1"
+META_VERSION = b"clapray.results.version"
+META_IDS = b"clapray.results.ids"
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+ID_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+
+_F64 = pa.float64()
+_I64 = pa.int64()
+_STR = pa.string()
+
+
+# --------------------------------------------------------------------------------------------------
+# Schemas
+
+
+def _arrow_type(tp: Any) -> pa.DataType:
+    """The arrow type of a config field annotation (Optional is nullable, which every arrow column is)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) != 1:
+            raise TypeError(f"config annotation {tp!r}: only X | None unions are supported")
+        return _arrow_type(args[0])
+    if origin is Literal:
+        values = typing.get_args(tp)
+        if all(isinstance(v, bool) for v in values):
+            return pa.bool_()
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            return _I64
+        return _STR
+    if origin is tuple:
+        return _STR  # JSON text of the list
+    if tp is bool:
+        return pa.bool_()
+    if tp is int:
+        return _I64
+    if tp is float:
+        return _F64
+    if tp is str:
+        return _STR
+    raise TypeError(f"config annotation {tp!r} has no arrow column type")
+
+
+def _config_fields(cls: type[Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted name, annotation) of every leaf field of a config dataclass, in declaration order."""
+    out: list[tuple[str, Any]] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out.extend(_config_fields(tp, f"{prefix}{f.name}."))
+        else:
+            out.append((f"{prefix}{f.name}", tp))
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def config_schema() -> pa.Schema:
+    """One column per RunConfig leaf field, dotted names, types from the annotations (module docstring)."""
+    return pa.schema([pa.field(name, _arrow_type(tp)) for name, tp in _config_fields(RunConfig)])
+
+
+def config_values(config: RunConfig) -> dict[str, Any]:
+    """``config.flatten()`` with list values (tuple fields) as JSON text, matching :func:`config_schema`."""
+    return {k: json.dumps(v) if isinstance(v, list) else v for k, v in config.flatten().items()}
+
+
+# Columns after the ids, in file order. Loss and timing columns follow the metrics in `tasks`.
+_TASK_HEAD: list[tuple[str, pa.DataType]] = [
+    ("run_id", _STR), ("task", _I64), ("num_tasks", _I64), ("acc", _F64), ("avg_acc", _F64),
+    ("bwt", _F64), ("ece", _F64), ("ece_per_batch", _F64), ("phndd_auroc", _F64), ("phndd_aupr", _F64),
+    ("phndd_fpr95", _F64), ("phndd_fpr95_at_least", _F64),
+]
+_TASK_TAIL: list[tuple[str, pa.DataType]] = [("peak_memory_mb", _F64), ("n_steps", _I64)]
+_ACCURACY_COLUMNS: list[tuple[str, pa.DataType]] = [
+    ("run_id", _STR), ("task", _I64), ("eval_task", _I64), ("acc", _F64), ("task_aware_acc", _F64),
+    ("n_samples", _I64),
+]
+# The reliability diagram's data (TaskResult.calibration): only results that carry it write these rows.
+_CALIBRATION_COLUMNS: list[tuple[str, pa.DataType]] = [
+    ("run_id", _STR), ("task", _I64), ("n_bins", _I64), ("bin", _I64), ("lower", _F64), ("upper", _F64),
+    ("count", _I64), ("mean_confidence", _F64), ("accuracy", _F64),
+]
+_RUN_HEAD: list[tuple[str, pa.DataType]] = [
+    ("run_id", _STR), ("status", _STR), ("error", _STR), ("tasks_done", _I64), ("num_tasks", _I64),
+    ("avg_acc", _F64), ("last_acc", _F64), ("bwt", _F64), ("ece", _F64), ("ece_per_batch", _F64),
+    ("phndd_auroc", _F64), ("phndd_aupr", _F64), ("phndd_fpr95", _F64), ("phndd_fpr95_at_least", _F64),
+    ("wall_s", _F64), ("gpu_s", _F64), ("peak_memory_mb", _F64), ("started_at", _STR), ("updated_at", _STR),
+    ("git_sha", _STR), ("git_dirty", pa.bool_()), ("package_versions", _STR), ("python_version", _STR),
+    ("config_hash", _STR), ("dataset_fingerprint", _STR), ("trainable_params", _I64), ("used_feature_cache", pa.bool_()),
+    ("config_yaml", _STR),
+]
+
+
+def loss_column(key: str) -> str:
+    return f"loss_{key}"
+
+
+def timing_column(key: str) -> str:
+    return f"{key}_s"
+
+
+def _schema(ids: Sequence[pa.Field], columns: Iterable[tuple[str, pa.DataType]],
+            id_keys: Sequence[str]) -> pa.Schema:
+    meta = {META_VERSION: SCHEMA_VERSION.encode(), META_IDS: json.dumps(list(id_keys)).encode()}
+    return pa.schema([*ids, *(pa.field(n, t) for n, t in columns)], metadata=meta)
+
+
+def task_schema(ids: Sequence[pa.Field] = (), extra_losses: Sequence[str] = (),
+                extra_timings: Sequence[str] = ()) -> pa.Schema:
+    """Schema of a ``tasks`` file: ids, run_id, task metrics, fixed then extra loss/timing columns."""
+    cols = [*_TASK_HEAD, *((loss_column(k), _F64) for k in LOSS_KEYS),
+            *((timing_column(k), _F64) for k in TIMING_KEYS), *_TASK_TAIL,
+            *((loss_column(k), _F64) for k in extra_losses), *((timing_column(k), _F64) for k in extra_timings)]
+    return _schema(ids, cols, [f.name for f in ids])
+
+
+def accuracy_schema(ids: Sequence[pa.Field] = ()) -> pa.Schema:
+    """Schema of an ``accuracy`` file: ids, run_id, task, eval_task, acc, task_aware_acc, n_samples."""
+    return _schema(ids, _ACCURACY_COLUMNS, [f.name for f in ids])
+
+
+def calibration_schema(ids: Sequence[pa.Field] = ()) -> pa.Schema:
+    """Schema of a ``calibration`` file: ids, run_id, task, bin and its bounds, count, confidence, accuracy."""
+    return _schema(ids, _CALIBRATION_COLUMNS, [f.name for f in ids])
+
+
+def run_schema(ids: Sequence[pa.Field] = (), extra: Sequence[pa.Field] = ()) -> pa.Schema:
+    """Schema of a ``runs`` file: ids, run_id, status and summaries, provenance, config fields, extras."""
+    cols = [*_RUN_HEAD, *((f.name, f.type) for f in config_schema()), *((f.name, f.type) for f in extra)]
+    return _schema(ids, cols, [f.name for f in ids])
+
+
+def reserved_names() -> set[str]:
+    names = {n for n, _ in (*_TASK_HEAD, *_TASK_TAIL, *_ACCURACY_COLUMNS, *_CALIBRATION_COLUMNS, *_RUN_HEAD)}
+    names |= {loss_column(k) for k in LOSS_KEYS} | {timing_column(k) for k in TIMING_KEYS}
+    return names | set(config_schema().names)
+
+
+def scalar_field(name: str, value: Any, what: str) -> tuple[pa.Field, Any]:
+    """The arrow field and plain Python value of an id or extra column (str, int, float or bool)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bool):
+        return pa.field(name, pa.bool_()), value
+    if isinstance(value, int):
+        return pa.field(name, _I64), value
+    if isinstance(value, float):
+        return pa.field(name, _F64), value
+    if isinstance(value, str):
+        return pa.field(name, _STR), value
+    raise TypeError(f"{what} {name!r}: expected a str, int, float or bool, got {type(value).__name__} {value!r}")
+
+

@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: quickstart run test test-fast test-slow install clean-venv
+.PHONY: quickstart run lint test test-fast test-slow install clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,10 +21,13 @@ quickstart: $(STAMP)
 run: $(STAMP)
 	$(PY) -m clapray.run
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(PY) -m ruff check clapray tests
+
+test: lint
 	$(PY) -m pytest
 
-test-fast: $(STAMP)
+test-fast: lint
 	$(PY) -m pytest -m "not slow"
 
 test-slow: $(STAMP)

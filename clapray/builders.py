@@ -6,11 +6,9 @@ tests all build them the same way.
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
 from clapray.config import RunConfig
@@ -36,13 +34,6 @@ def resolve_precision(cfg: RunConfig, device: torch.device) -> str:
     return cfg.backbone.precision
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices) for everything random in training."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 MINI_CLIP_TAG = "clapray-shapes"
 """``backbone.pretrained`` value meaning "the mini-CLIP pretrained on shapes captions" (trained on first use)."""
 
@@ -66,7 +57,7 @@ def resolve_pretrained(cfg: RunConfig) -> str | None:
     return str(ensure_mini_clip(cache, log=lambda line: print(line, file=sys.stderr, flush=True)))
 
 
-def build_backbone(cfg: RunConfig, device: torch.device | None = None) -> "Backbone":
+def build_backbone(cfg: RunConfig, device: torch.device | None = None) -> Backbone:
     from clapray.model.backbone import load_backbone
 
     device = device or resolve_device(cfg)
@@ -79,7 +70,7 @@ def build_backbone(cfg: RunConfig, device: torch.device | None = None) -> "Backb
                              device=device, precision=resolve_precision(cfg, device))
 
 
-def build_benchmark_from_config(cfg: RunConfig) -> "Benchmark":
+def build_benchmark_from_config(cfg: RunConfig) -> Benchmark:
     from clapray.data import build_benchmark
 
     data = cfg.data
@@ -99,7 +90,7 @@ def build_benchmark_from_config(cfg: RunConfig) -> "Benchmark":
     return build_benchmark(data.dataset, data.root, **options)
 
 
-def build_scenario_from_config(cfg: RunConfig, benchmark: "Benchmark | None" = None) -> "ClassIncrementalScenario":
+def build_scenario_from_config(cfg: RunConfig, benchmark: Benchmark | None = None) -> ClassIncrementalScenario:
     from clapray.data import build_scenario
 
     benchmark = benchmark if benchmark is not None else build_benchmark_from_config(cfg)

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Literal
 
 import yaml
 
@@ -33,7 +34,6 @@ from clapray.typed_config import (
     TypedConfig,
     apply_overrides,
     config_field,
-    describe_fields,
     from_mapping,
     load_yaml_mapping,
     parse_override,
@@ -133,8 +133,8 @@ class PromptConfig(TypedConfig):
                         "CoOp 12, init N(0, 0.02^2), class token at the end)", ge=1)
     maple_depth: int = config_field(9, doc="MaPLe: prompt depth J, i.e. layers of both towers that get prompts (layer "
                               "0 the shallow ones, 1..J-1 the deep ones; capped at the towers' layer count)", ge=1)
-    maple_length: int = config_field(2, doc="MaPLe: prompt tokens per layer (initialised from 'a photo of a' when <= 4)",
-                               ge=1)
+    maple_length: int = config_field(
+        2, doc="MaPLe: prompt tokens per layer (initialised from 'a photo of a' when <= 4)", ge=1)
     maple_official_untrained: bool = config_field(
         False, doc="MaPLe: true = the released code's behaviour, the deep prompts and all coupling layers stay "
         "at their random init (only the shallow text context learns, §3.3, P14); false = train them as MaPLe "
@@ -145,8 +145,8 @@ class PromptConfig(TypedConfig):
     attriclip_top_k: int = config_field(3, doc="AttriCLIP: attributes selected per image (--text_prompt)", ge=1)
     attriclip_ortho_weight: float = config_field(0.3, doc="AttriCLIP: weight of the attribute orthogonality loss "
                                            "(--ortho-loss)", ge=0.0)
-    attriclip_match_weight: float = config_field(0.7, doc="AttriCLIP: weight of the key-matching loss (--matching-loss)",
-                                           ge=0.0)
+    attriclip_match_weight: float = config_field(
+        0.7, doc="AttriCLIP: weight of the key-matching loss (--matching-loss)", ge=0.0)
     cocoop_reduction: int = config_field(16, doc="CoCoOp: the meta-net's bottleneck divides the embedding dim by this",
                                    ge=1)
 
@@ -202,7 +202,8 @@ class BudgetConfig(TypedConfig):
 
     replay_free: bool = config_field(False, doc="no exemplar memory and no consolidation")
     max_steps_per_task: int | None = config_field(
-        None, doc="compute budget: cap on optimiser steps per task (main training); null = no cap", ge=1)
+        None, doc="compute budget: cap on the optimiser steps of each phase of a task (main training, and "
+        "consolidation); null = no cap", ge=1)
 
 
 @dataclass(frozen=True)
@@ -278,8 +279,9 @@ class RunConfig(TypedConfig):
         payload.pop("name"), payload.pop("output_dir")
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
-    def run_dir(self) -> Path:
-        return Path(self.output_dir) / f"{self.name}-{self.config_hash()}"
+    def run_id(self) -> str:
+        """The run's name in its store: ``<name>-<config hash>`` (its directory under ``output_dir``)."""
+        return f"{self.name}-{self.config_hash()}"
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)

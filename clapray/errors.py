@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 EXIT_USER_ERROR = 2
 
@@ -32,7 +33,7 @@ class ConfigError(UserError):
         self.got_text = got_text if got_text is not None else _describe(got)
         super().__init__(f"{source}: {field}: expected {expected}, got {self.got_text}")
 
-    def relocated(self, source: str, prefix: str) -> "ConfigError":
+    def relocated(self, source: str, prefix: str) -> ConfigError:
         """The same error seen from an enclosing config: a new source and a dotted field prefix."""
         return ConfigError(source, f"{prefix}{self.field}", self.expected, self.got, got_text=self.got_text)
 

@@ -26,95 +26,47 @@ object.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 import resource
 import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from clapray import phases
 from clapray.builders import build_backbone, build_scenario_from_config, resolve_device
 from clapray.config import RunConfig
-from clapray.data.memory import ExemplarMemory, resolve_budget
+from clapray.data.memory import ExemplarMemory, resolve_memory_capacity
 from clapray.data.scenario import TaskSubset
 from clapray.data.selectors import get_selector, inputs_by_class, predictive_probs
-from clapray.data.transforms import view_transform
 from clapray.errors import UserError
-from clapray.evaluation import step_metrics
 from clapray.features import ImageFeatures
 from clapray.features.provide import features_for, uses_feature_cache
 from clapray.losses import mc_cross_entropy
+from clapray.metrics.step import step_metrics
 from clapray.model.adapters import ProbabilisticAdapter
 from clapray.model.clap import ClapHead, HeadOutput
 from clapray.model.prompts import PromptText, build_prompt_variant, variant_class
 from clapray.model.prompts.zeroshot import zero_shot_logits
 from clapray.model.text_features import template_text_features
 from clapray.model.vga import task_attention_mask
+from clapray.sampling import PlannedViews, derive_seed, epoch_plan, seed_phase
+from clapray.schedule import cosine_with_warmup, warmup_steps
 from clapray.task_result import RunProvenance, TaskResult
-from clapray.schedule import cosine_with_warmup, effective_lr, warmup_steps
 
 CHECKPOINT_VERSION = 2
 
 
-class PlannedViews:
-    """Map-style dataset over a training plan: item ``k`` is image ``indices[k]`` in view ``flips[k]``.
-
-    The flip of every position is drawn by the learner from a seeded generator, not by a random transform
-    inside the loader, so training on images and training on cached embeddings of the two views see the
-    same views in the same batches.
-    """
-
-    def __init__(self, split: Any, indices: np.ndarray, flips: np.ndarray, label_map: np.ndarray, preprocess: Any):
-        self.split, self.indices, self.flips = split, np.asarray(indices), np.asarray(flips, dtype=bool)
-        self.label_map = np.asarray(label_map, dtype=np.int64)
-        self.views = (view_transform(preprocess, False), view_transform(preprocess, True))
-
-    def __len__(self) -> int:
-        return int(self.indices.shape[0])
-
-    def __getitem__(self, k: int) -> tuple[Tensor, int]:
-        image, label = self.split[int(self.indices[k])]
-        return self.views[int(self.flips[k])](image), int(self.label_map[label])
-
-
-def epoch_plan(n: int, generator: torch.Generator, rank: int = 0, world_size: int = 1
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """One epoch over ``n`` items: ``(positions, flipped)`` of this rank, in batch order.
-
-    Every rank draws the same permutation and flips from its copy of ``generator`` and takes an equal
-    share (``rank::world_size``; the last ``n % world_size`` items are left out), so each step's global
-    batch is one slice of the shared order and the gradient all-reduce never waits for a missing rank.
-    """
-    order = torch.randperm(n, generator=generator)
-    flipped = torch.rand(n, generator=generator) < 0.5  # RandomHorizontalFlip(p=0.5), drawn up front
-    usable = n - n % world_size
-    return order[:usable][rank::world_size].numpy(), flipped[:usable][rank::world_size].numpy()
-
-
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or infinite; the run ends with status ``error`` and this message."""
-
-
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed from any parts, stable across processes and Python versions."""
-    digest = hashlib.sha256(repr(parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
-def seed_phase(*parts: object) -> None:
-    """Seed the global RNGs (dropout, MC noise) for one phase; shuffles and flips come from the epoch plan."""
-    seed = derive_seed(*parts)
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 @dataclass(frozen=True)
@@ -176,7 +128,7 @@ class ContinualLearner:
         self.batch_size = cfg.optim.batch_size
         self.eval_batch_size = cfg.eval.batch_size or cfg.optim.batch_size
         self.replay = cfg.uses_memory
-        self.budget = resolve_budget(cfg.memory, self.scenario.benchmark.default_memory,
+        self.memory_capacity = resolve_memory_capacity(cfg.memory, self.scenario.benchmark.default_memory,
                                      replay_free=cfg.budget.replay_free)
         # Hand-crafted prompts give constant text features: encode every class's templates once per run.
         self.templates = template_text_features(self.backbone, self.scenario.class_names,
@@ -216,7 +168,7 @@ class ContinualLearner:
         return self.scenario.num_tasks
 
     def run(self, on_task: Callable[[TaskResult], None] | None = None,
-            after_task: Callable[["ContinualLearner"], None] | None = None) -> list[TaskResult]:
+            after_task: Callable[[ContinualLearner], None] | None = None) -> list[TaskResult]:
         """Learn every task not done yet. ``on_task`` gets each result; ``after_task`` the learner (to save)."""
         for task in range(self.tasks_done, self.num_tasks):
             result = self.learn_task(task)
@@ -227,57 +179,57 @@ class ContinualLearner:
         return self.history
 
     def learn_task(self, task: int) -> TaskResult:
+        """Grow, train, update the memory, consolidate and evaluate task ``task`` (§12.2)."""
         if task != self.tasks_done:
             raise RuntimeError(f"task {task} cannot follow {self.tasks_done} finished tasks")
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         start = time.perf_counter()
         setup = self.setup_task(task)
-        main, consolidation = PhaseStats(), PhaseStats()
+        main = consolidated = PhaseStats()
         if self.head is not None:
-            params = self.main_parameters(task, setup)
-            seed_phase(self.cfg.seeds.init, task, "train")
-            train_indices = self.scenario.train_indices(task)
-            if self.replay and len(self.memory):
-                train_indices = np.concatenate([train_indices, self.memory.indices()])
-            main = self._fit(train_indices, setup, params, phase="train", epochs=self.cfg.optim.epochs,
-                             lr=effective_lr(self.cfg.optim), warmup=True, regularize=(task,), train_vga=True)
+            main = self.run_phase(phases.main_training(task, self.cfg), setup)
         train_s = time.perf_counter() - start
 
         t0 = time.perf_counter()
         if self.replay and self.head is not None:
             self._update_memory(task, setup)
-        if self.replay and self.head is not None and self.cfg.method.consolidation.enabled and task > 0:
-            seed_phase(self.cfg.seeds.init, task, "consolidate")
-            train_vga = self.prompt.spec.vga_trains_in_consolidation and self.head.vga is not None
-            params = [*self.head.adapters.parameters(), *self.prompt.trainable_parameters("consolidate"),
-                      *(self.head.vga.parameters() if train_vga else ())]
-            consolidation = self._fit(
-                self.memory.indices(), setup, params, phase="consolidate",
-                epochs=self.cfg.method.consolidation.epochs,
-                lr=effective_lr(self.cfg.optim) * self.cfg.method.consolidation.lr_factor, warmup=False,
-                regularize=tuple(range(task + 1)), train_vga=train_vga)
+        consolidation = phases.consolidation(task, self.cfg)
+        if consolidation is not None:
+            consolidated = self.run_phase(consolidation, setup)
         consolidate_s = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         seed_phase(self.cfg.seeds.init, task, "evaluate")
-        fields = self.evaluate(task, setup)
+        fields = self.evaluate_task(task, setup)
         evaluate_s = time.perf_counter() - t0
 
         losses = main.means("train") if self.head is not None else {}  # zero-shot has no loss
-        if consolidation.steps:
-            losses.update(consolidation.means("consolidation"))
+        if consolidated.steps:
+            losses.update(consolidated.means("consolidation"))
         result = TaskResult(
             task=task, num_tasks=self.num_tasks, losses=losses,
             timings={"train": train_s, "consolidate": consolidate_s, "evaluate": evaluate_s,
                      "total": time.perf_counter() - start},
             peak_memory_mb=self._peak_memory_mb(),
-            extra={"n_steps": main.steps, "n_consolidation_steps": consolidation.steps,
+            extra={"n_steps": main.steps, "n_consolidation_steps": consolidated.steps,
                    "memory_size": len(self.memory), "trainable_params": self.trainable_parameter_count()},
             **fields)
         self.history.append(result)
         self.tasks_done = task + 1
         return result
+
+    def run_phase(self, phase: phases.Phase, setup: TaskSetup) -> PhaseStats:
+        """Choose the parameters and the data of ``phase`` and fit them (see :mod:`clapray.phases`)."""
+        params = self.phase_parameters(phase, setup)
+        seed_phase(self.cfg.seeds.init, phase.task, phase.name)
+        if phase.data == "memory":
+            indices = self.memory.indices()
+        else:
+            indices = self.scenario.train_indices(phase.task)
+            if self.replay and len(self.memory):
+                indices = np.concatenate([indices, self.memory.indices()])
+        return self._fit(indices, setup, params, phase)
 
     # ------------------------------------------------------------------------------------------------
     # Pieces of a task
@@ -294,14 +246,19 @@ class ContinualLearner:
             slices=tuple(self.scenario.task_bounds(i) for i in range(task + 1)),
             mask=task_attention_mask(task_of_class, device=dev, task_tokens=tokens), task_of_class=task_of_class)
 
-    def main_parameters(self, task: int, setup: TaskSetup) -> list[torch.nn.Parameter]:
-        """Grow the head for ``task`` and return what main training updates: the new adapter (and task
-        token), VGA, and the prompt variant's parameters."""
-        seed_phase(self.cfg.seeds.init, task, "grow")
-        params = self.head.grow(task, setup.template_mean, setup.template_variance)
-        if self.head.vga is not None:
+    def phase_parameters(self, phase: phases.Phase, setup: TaskSetup) -> list[torch.nn.Parameter]:
+        """What ``phase`` trains. Main training first grows the head for its task: the new adapter (with its
+        language-aware init, §8) and task token; consolidation trains every adapter."""
+        if phase.adapters == "current":
+            seed_phase(self.cfg.seeds.init, phase.task, "grow")
+            params = self.head.grow(phase.task, setup.template_mean, setup.template_variance)
+        else:
+            params = list(self.head.adapters.parameters())
+        if phase.vga and self.head.vga is not None:
             params += list(self.head.vga.parameters())
-        return params + self.prompt.trainable_parameters("train")
+        if phase.prompt:
+            params += self.prompt.trainable_parameters()
+        return params
 
     def _learnable(self) -> list[torch.nn.Parameter]:
         """Every parameter an optimiser may touch: the head's and the prompt variant's."""
@@ -406,22 +363,24 @@ class ContinualLearner:
         for images, _, _ in self._make_loader(subset, bs):
             yield self.prompt.encode_images(images.to(self.device, non_blocking=True))
 
-    def _fit(self, indices: np.ndarray, setup: TaskSetup, params: Sequence[torch.nn.Parameter], *, phase: str,
-             epochs: int, lr: float, warmup: bool, regularize: Sequence[int], train_vga: bool) -> PhaseStats:
-        """SGD over ``indices`` (training-split images) for ``epochs``; returns the mean losses."""
+    def _fit(self, indices: np.ndarray, setup: TaskSetup, params: Sequence[torch.nn.Parameter],
+             phase: phases.Phase) -> PhaseStats:
+        """SGD of ``params`` over ``indices`` (training-split images) for the phase's epochs; returns the
+        mean losses."""
         stats = PhaseStats()
         if len(indices) == 0 or not params:
             return stats
-        plan_rng = torch.Generator().manual_seed(derive_seed(self.cfg.seeds.init, setup.task, phase, "plan"))
+        epochs, lr, regularize = phase.epochs, phase.lr, phase.regularized
+        plan_rng = torch.Generator().manual_seed(derive_seed(self.cfg.seeds.init, setup.task, phase.name, "plan"))
         rank_batch = max(1, self.batch_size // self.world_size)
         share = (len(indices) - len(indices) % self.world_size) // self.world_size
         steps_per_epoch = math.ceil(share / rank_batch)
         total = epochs * steps_per_epoch
-        if self.cfg.budget.max_steps_per_task is not None:
-            total = min(total, self.cfg.budget.max_steps_per_task)
+        if phase.max_steps is not None:
+            total = min(total, phase.max_steps)
         optim = self.cfg.optim
         lrs = cosine_with_warmup(total, lr, lr * optim.min_lr_factor,
-                                 warmup_steps(optim, total, steps_per_epoch) if warmup else 0)
+                                 warmup_steps(optim, total, steps_per_epoch) if phase.warmup else 0)
         for p in self._learnable():
             p.requires_grad_(False)
         for p in params:
@@ -430,7 +389,7 @@ class ContinualLearner:
                                     weight_decay=optim.weight_decay)
         self.head.train()
         self.prompt.train()
-        if self.head.vga is not None and not train_vga:
+        if self.head.vga is not None and not phase.vga:
             self.head.vga.eval()  # consolidation: VGA frozen, no dropout (§11)
         step = 0
         while step < total:
@@ -443,7 +402,7 @@ class ContinualLearner:
                 loss, terms = self.embedding_loss(x, labels, setup, regularize)
                 value = float(loss.detach())
                 if not self._all_finite(value):
-                    raise TrainingDiverged(f"non-finite loss {value} at task {setup.task}, {phase} step {step}")
+                    raise TrainingDiverged(f"non-finite loss {value} at task {setup.task}, {phase.name} step {step}")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self._all_reduce_gradients(params)
@@ -482,7 +441,7 @@ class ContinualLearner:
     @torch.no_grad()
     def _update_memory(self, task: int, setup: TaskSetup) -> None:
         """Shrink old classes to the new per-class budget and choose exemplars of the new ones (§10)."""
-        k = self.budget.per_class(setup.num_seen)
+        k = self.memory_capacity.per_class(setup.num_seen)
         selector = get_selector(self.cfg.memory.selector)
         indices = self.scenario.train_indices(task)
         labels = np.asarray(self.scenario.train_targets)[indices]
@@ -517,7 +476,7 @@ class ContinualLearner:
         return torch.cat(logits), (torch.cat(feats) if want_features else None)
 
     @torch.no_grad()
-    def evaluate(self, task: int, setup: TaskSetup) -> dict[str, Any]:
+    def evaluate_task(self, task: int, setup: TaskSetup) -> dict[str, Any]:
         """Accuracy row, calibration and novelty detection after ``task`` (§13)."""
         scenario = self.scenario
         if self.cfg.eval.protocol == "per_task":

@@ -16,10 +16,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from clapray.config import RunConfig, describe_fields, load_run_config, resolve_config_argument
-from clapray.errors import UserError, exit_on_user_error
+from clapray.config import RunConfig, load_run_config, resolve_config_argument
+from clapray.errors import exit_on_user_error
 from clapray.fileio import write_text_atomic
 from clapray.task_result import TaskResult
+from clapray.typed_config import describe_fields
 
 EXIT_RUN_FAILED = 1
 
@@ -40,10 +41,6 @@ def print_fields() -> None:
         print(f"{name:34s} {expected:40s} default {default!r}\n{'':34s} {doc}")
 
 
-def run_id(cfg: RunConfig) -> str:
-    return f"{cfg.name}-{cfg.config_hash()}"
-
-
 def execute(cfg: RunConfig, *, out=None) -> list[TaskResult]:
     """Run (or continue) ``cfg``, writing the store under ``cfg.output_dir``; returns every task's result.
 
@@ -53,7 +50,7 @@ def execute(cfg: RunConfig, *, out=None) -> list[TaskResult]:
 
     out = out or sys.stdout
     store = Path(cfg.output_dir)
-    rid = run_id(cfg)
+    rid = cfg.run_id()
     run_dir = store / rid
     checkpoint = run_dir / "checkpoint.pt"
     start = time.perf_counter()

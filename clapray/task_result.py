@@ -74,7 +74,7 @@ class TaskResult:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TaskResult":
+    def from_dict(cls, data: dict[str, Any]) -> TaskResult:
         """Inverse of :meth:`to_dict` (tuples restored, novelty detection rebuilt)."""
         data = dict(data)
         for key in ("accuracy_row", "task_aware_row", "n_eval"):

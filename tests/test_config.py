@@ -8,14 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from clapray.config import (
-    RunConfig,
-    apply_overrides,
-    describe_fields,
-    from_mapping,
-    load_run_config,
-)
+from clapray.config import RunConfig, load_run_config
 from clapray.errors import ConfigError
+from clapray.typed_config import apply_overrides, describe_fields, from_mapping
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "clapray" / "configs"
 
@@ -148,7 +143,7 @@ def test_yaml_round_trip_and_hash(tmp_path):
     assert renamed.config_hash() == cfg.config_hash()
     changed = load_run_config(None, ["memory.policy=total", "memory.size=1001", "data.sequence=[a, b]"])
     assert changed.config_hash() != cfg.config_hash()
-    assert cfg.run_dir() == Path("runs") / f"clap4clip-{cfg.config_hash()}"
+    assert cfg.run_id() == f"clap4clip-{cfg.config_hash()}"
 
 
 def test_flatten_has_one_column_per_leaf():

@@ -9,13 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
-import clapray.data as data
-from clapray.data import build_benchmark, chain_benchmarks, list_benchmarks
-from clapray.data.base import Benchmark
-from clapray.data.templates import class_names, imagenet100_wnids, imagenet_templates, read_package_text
-from clapray.errors import DatasetNotFoundError, UserError
 from conftest_data import (
     FAKE_DATA,
     JPEG,
@@ -26,6 +19,13 @@ from conftest_data import (
     write_fake_imagenet_r,
     write_fake_vtab,
 )
+from PIL import Image
+
+import clapray.data as data
+from clapray.data import build_benchmark, chain_benchmarks, list_benchmarks
+from clapray.data.base import Benchmark
+from clapray.data.templates import class_names, imagenet100_wnids, imagenet_templates, read_package_text
+from clapray.errors import DatasetNotFoundError, UserError
 
 
 def _one_line(err: pytest.ExceptionInfo) -> str:

@@ -133,9 +133,8 @@ TINY = ["method.variant=handcrafted", "data.shapes.num_classes=6", "data.shapes.
 
 
 def _run(*overrides: str, **kwargs):
-    from clapray.learner import ContinualLearner
-
     from clapray.config import default_config_path
+    from clapray.learner import ContinualLearner
 
     learner = ContinualLearner(load_run_config(default_config_path(), [*TINY, *overrides]), **kwargs)
     return learner, learner.run()
@@ -147,7 +146,7 @@ def test_cached_run_equals_the_run_on_images(extra):
     cached_learner, cached = _run(*extra)
     naive_learner, naive = _run("data.feature_cache=false", *extra)
     assert cached_learner.features is not None and naive_learner.features is None
-    for a, b in zip(cached, naive):
+    for a, b in zip(cached, naive, strict=False):
         np.testing.assert_allclose(a.accuracy_row, b.accuracy_row, atol=1e-6)
         assert a.losses.keys() == b.losses.keys()
         np.testing.assert_allclose([a.losses[k] for k in sorted(a.losses)], [b.losses[k] for k in sorted(b.losses)],

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
-import sys
-import subprocess
 import torch
 
-from clapray.config import load_run_config
+from clapray import phases
+from clapray.config import default_config_path, load_run_config
 from clapray.learner import ContinualLearner, TrainingDiverged
 from clapray.results import verify_consistency
-from clapray.config import default_config_path
 from clapray.run import main
 
 TINY = ["method.variant=handcrafted", "data.shapes.num_classes=8", "data.shapes.train_per_class=6",
@@ -58,8 +58,7 @@ def test_consolidation_trains_old_adapters_and_freezes_vga():
     learner.learn_task(1)
     adapter0, vga = params(learner.head.adapters[0]), params(learner.head.vga)
     setup = learner.setup_task(1)
-    stats = learner._fit(learner.memory.indices(), setup, list(learner.head.adapters.parameters()),
-                         phase="consolidate", epochs=1, lr=0.01, warmup=False, regularize=(0, 1), train_vga=False)
+    stats = learner.run_phase(phases.consolidation(1, learner.cfg), setup)
     assert stats.steps > 0
     assert not same(adapter0, params(learner.head.adapters[0]))
     assert same(vga, params(learner.head.vga))
@@ -187,7 +186,7 @@ def test_cli_writes_consistent_parquet_and_resumes_after_a_failure(tmp_path, mon
     assert run_cli(store) == 0
     assert "resuming" in capsys.readouterr().out
     assert verify_consistency(store) == [] and verify_consistency(reference) == []
-    columns = ["task", "acc", "avg_acc", "bwt", "ece", "loss_train"]
+    columns = ["task", "last_acc", "avg_acc", "bwt", "ece", "loss_train"]
     got = pd.read_parquet(store / "tasks").sort_values("task")[columns].reset_index(drop=True)
     want = pd.read_parquet(reference / "tasks").sort_values("task")[columns].reset_index(drop=True)
     pd.testing.assert_frame_equal(got, want)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from clapray.config import EXEMPLAR_SELECTORS, MemoryConfig
-from clapray.data.memory import ExemplarMemory, MemoryBudget, resolve_budget
+from clapray.data.memory import ExemplarMemory, MemoryCapacity, resolve_memory_capacity
 from clapray.data.selectors import (
     SelectionInputs,
     entropy_of,
@@ -63,7 +63,7 @@ class FakeScenario:
         return {c: np.flatnonzero(self.targets == c) for c in self.classes_of_task(t)}
 
 
-def run_tasks(scenario: FakeScenario, budget: MemoryBudget, selector: str, seed: int = 0,
+def run_tasks(scenario: FakeScenario, budget: MemoryCapacity, selector: str, seed: int = 0,
               record: list | None = None) -> ExemplarMemory:
     memory = ExemplarMemory()
 
@@ -86,7 +86,7 @@ def run_tasks(scenario: FakeScenario, budget: MemoryBudget, selector: str, seed:
 
 
 def test_total_budget_over_cifar_10x10():
-    budget = MemoryBudget("total", 2000)
+    budget = MemoryCapacity("total", 2000)
     per_class = [budget.per_class(10 * (t + 1)) for t in range(10)]
     assert per_class == CIFAR_TOTAL_2000
     assert all(budget.max_total(10 * (t + 1)) <= 2000 for t in range(10))
@@ -94,47 +94,49 @@ def test_total_budget_over_cifar_10x10():
 
 
 def test_per_class_budget_grows_the_total():
-    budget = MemoryBudget("per_class", 20)
+    budget = MemoryCapacity("per_class", 20)
     assert [budget.per_class(10 * (t + 1)) for t in range(10)] == [20] * 10
     assert [budget.max_total(10 * (t + 1)) for t in range(10)] == [200 * (t + 1) for t in range(10)]
 
 
 def test_budget_validation():
     with pytest.raises(ValueError, match="policy"):
-        MemoryBudget("auto", 5)  # type: ignore[arg-type]
+        MemoryCapacity("auto", 5)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="size"):
-        MemoryBudget("total", -1)
+        MemoryCapacity("total", -1)
     with pytest.raises(ValueError, match="n_seen_classes"):
-        MemoryBudget("total", 10).per_class(0)
-    assert MemoryBudget("total", 5).per_class(10) == 0
+        MemoryCapacity("total", 10).per_class(0)
+    assert MemoryCapacity("total", 5).per_class(10) == 0
 
 
 def test_auto_resolves_to_the_benchmark_default():
     auto = MemoryConfig()
-    assert resolve_budget(auto, ("total", 2000)) == MemoryBudget("total", 2000)
-    assert resolve_budget(auto, ("per_class", 20)) == MemoryBudget("per_class", 20)
+    assert resolve_memory_capacity(auto, ("total", 2000)) == MemoryCapacity("total", 2000)
+    assert resolve_memory_capacity(auto, ("per_class", 20)) == MemoryCapacity("per_class", 20)
     # A size given with auto keeps the benchmark's policy.
-    assert resolve_budget(MemoryConfig(size=500), ("total", 2000)) == MemoryBudget("total", 500)
-    assert resolve_budget(MemoryConfig(size=5), ("per_class", 20)) == MemoryBudget("per_class", 5)
+    assert resolve_memory_capacity(MemoryConfig(size=500), ("total", 2000)) == MemoryCapacity("total", 500)
+    assert resolve_memory_capacity(MemoryConfig(size=5), ("per_class", 20)) == MemoryCapacity("per_class", 5)
     # An explicit policy overrides the benchmark.
-    assert resolve_budget(MemoryConfig(policy="per_class", size=7), ("total", 2000)) == MemoryBudget("per_class", 7)
-    assert resolve_budget(MemoryConfig(policy="total", size=300), ("per_class", 20)) == MemoryBudget("total", 300)
+    explicit = MemoryConfig(policy="per_class", size=7)
+    assert resolve_memory_capacity(explicit, ("total", 2000)) == MemoryCapacity("per_class", 7)
+    explicit = MemoryConfig(policy="total", size=300)
+    assert resolve_memory_capacity(explicit, ("per_class", 20)) == MemoryCapacity("total", 300)
 
 
 def test_explicit_policy_without_size_is_an_error():
     with pytest.raises(ConfigError, match="memory|size"):
         MemoryConfig(policy="total")
-    # resolve_budget checks on its own too (it accepts any object with policy/size).
+    # resolve_memory_capacity checks on its own too (it accepts any object with policy/size).
     with pytest.raises(UserError, match="memory.size.*total"):
-        resolve_budget(SimpleNamespace(policy="total", size=None), ("per_class", 20))
+        resolve_memory_capacity(SimpleNamespace(policy="total", size=None), ("per_class", 20))
     with pytest.raises(UserError, match="memory.policy"):
-        resolve_budget(SimpleNamespace(policy="sometimes", size=3), ("per_class", 20))
+        resolve_memory_capacity(SimpleNamespace(policy="sometimes", size=3), ("per_class", 20))
 
 
 def test_replay_free_budget_is_disabled():
-    budget = resolve_budget(MemoryConfig(), ("total", 2000), replay_free=True)
+    budget = resolve_memory_capacity(MemoryConfig(), ("total", 2000), replay_free=True)
     assert not budget.enabled and budget.per_class(10) == 0
-    assert resolve_budget(MemoryConfig(), ("total", 2000)).enabled
+    assert resolve_memory_capacity(MemoryConfig(), ("total", 2000)).enabled
     memory = ExemplarMemory()
     memory.update({0: np.arange(5), 1: np.arange(5, 9)}, budget.per_class(2), "random", np.random.default_rng(0))
     assert len(memory) == 0 and memory.indices().shape == (0,) and memory.labels().shape == (0,)
@@ -150,7 +152,7 @@ def test_replay_free_budget_is_disabled():
 @pytest.mark.parametrize("selector", ["first_k", "random", "herding"])
 def test_memory_follows_the_budget_over_tasks(policy, size, selector):
     scenario = FakeScenario()
-    budget = MemoryBudget(policy, size)
+    budget = MemoryCapacity(policy, size)
     record: list = []
     memory = run_tasks(scenario, budget, selector, record=record)
     for t, k, before, snapshot in record:
@@ -174,7 +176,7 @@ def test_memory_follows_the_budget_over_tasks(policy, size, selector):
 
 def test_first_k_memory_matches_the_official_rule():
     scenario = FakeScenario()
-    memory = run_tasks(scenario, MemoryBudget("total", 2000), "first_k")
+    memory = run_tasks(scenario, MemoryCapacity("total", 2000), "first_k")
     for c in memory.classes:
         np.testing.assert_array_equal(memory.indices_of(c), np.flatnonzero(scenario.targets == c)[:20])
 
@@ -244,7 +246,7 @@ def test_random_choice_of_a_class_ignores_other_classes():
 
 def test_state_dict_round_trip():
     scenario = FakeScenario()
-    memory = run_tasks(scenario, MemoryBudget("total", 2000), "random", seed=4)
+    memory = run_tasks(scenario, MemoryCapacity("total", 2000), "random", seed=4)
     state = memory.state_dict()
     assert isinstance(state["classes"][0], int) and isinstance(state["indices"][0][0], int)
     restored = ExemplarMemory.from_state_dict(json.loads(json.dumps(state)))

@@ -24,10 +24,9 @@ import pytest
 import torch
 from conftest import QUALITY_ROWS
 
-from clapray.config import load_run_config
+from clapray.config import load_run_config, shipped_config_paths
 from clapray.learner import ContinualLearner
 from clapray.task_result import TaskResult
-from clapray.config import shipped_config_paths
 
 pytestmark = pytest.mark.slow
 

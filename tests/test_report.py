@@ -16,12 +16,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from clapray.config import RunConfig, from_mapping
-from clapray.task_result import NoveltyDetection, ReliabilityBins, TaskResult
+from clapray.config import RunConfig
 from clapray.report.cli import main as report_main
 from clapray.report.load import load_store
 from clapray.results import RunWriter
-from clapray.task_result import RunProvenance
+from clapray.task_result import NoveltyDetection, ReliabilityBins, RunProvenance, TaskResult
+from clapray.typed_config import from_mapping
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_TASKS = 3
@@ -180,7 +180,7 @@ def test_incomplete_trials_are_counted_listed_and_reported(store, report):
     assert "27 trials: 24 complete, 3 incomplete (1 running, 1 stopped, 1 error)" in printed
     assert "3 incomplete trials are excluded" in printed
     listed = pd.read_csv(out / "incomplete.csv")
-    assert dict(zip(listed["run_id"], listed["state"])) == {"t-stopped": "stopped", "t-error": "error",
+    assert dict(zip(listed["run_id"], listed["state"], strict=False)) == {"t-stopped": "stopped", "t-error": "error",
                                                            "t-running": "running"}
 
 
@@ -300,7 +300,8 @@ def test_finished_run_with_a_missing_task_file_is_incomplete(tmp_path):
     write_trial(tmp_path, "b", cell="c", seed=1, configuration="c#0", config={}, quality=50, rng=rng)
     (tmp_path / "tasks" / "b--task-001.parquet").unlink()
     loaded = load_store([tmp_path])
-    assert dict(zip(loaded.runs["run_id"], loaded.runs["state"])) == {"a": "complete", "b": "missing tasks"}
+    states = dict(zip(loaded.runs["run_id"], loaded.runs["state"], strict=True))
+    assert states == {"a": "complete", "b": "missing tasks"}
 
 
 def test_report_on_a_store_being_written(tmp_path, capsys, fast_figures):
@@ -382,7 +383,7 @@ def test_report_imports_neither_ray_nor_torch():
 
 
 def test_trial_states_and_cell_summary_lines():
-    from clapray.sweep_callbacks import TrialState, cell_summary, classify_trial, progress_lines
+    from clapray.sweep.callbacks import TrialState, cell_summary, classify_trial, progress_lines
 
     def state(status, result=None, cell="a"):
         return classify_trial(status, result, 5, "avg_acc", cell)
@@ -410,7 +411,7 @@ def test_trial_states_and_cell_summary_lines():
 
 
 def test_progress_printer_counts_from_every_trial(capsys):
-    from clapray.sweep_callbacks import ProgressPrinter
+    from clapray.sweep.callbacks import ProgressPrinter
 
     sweep = SimpleNamespace(search=SimpleNamespace(metric="avg_acc", mode="max"))
     printer = ProgressPrinter(sweep, {"c": 3}, out=sys.stdout)
@@ -423,7 +424,7 @@ def test_progress_printer_counts_from_every_trial(capsys):
     current = trial("t1", "RUNNING", {"tasks_done": 3, "avg_acc": 65.0})
     waiting = trial("t2", "PENDING")
     trials = [earlier, current, waiting]
-    printer.on_trial_result(0, trials, current, {"tasks_done": 2, "acc": 50.0, "avg_acc": 55.0})
+    printer.on_trial_result(0, trials, current, {"tasks_done": 2, "last_acc": 50.0, "avg_acc": 55.0})
     # Ray Tune calls on_trial_complete while the trial's status is still RUNNING.
     printer.on_trial_complete(0, trials, current)
     current.status = "TERMINATED"

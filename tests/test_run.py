@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -13,11 +12,10 @@ import pytest
 import torch
 
 from clapray.builders import build_backbone, build_scenario_from_config
-from clapray.config import load_run_config
+from clapray.config import default_config_path, load_run_config
+from clapray.metrics.step import step_metrics
 from clapray.results import verify_consistency
-from clapray.config import default_config_path
 from clapray.run import main
-from clapray.evaluation import step_metrics
 
 SMALL = ["data.shapes.num_classes=8", "data.shapes.train_per_class=4", "data.shapes.test_per_class=6",
          "data.num_tasks=4"]
@@ -87,11 +85,11 @@ def test_zeroshot_run_writes_the_store_and_is_deterministic(tmp_path, capsys):
     assert len(accuracy) == 1 + 2 + 3 + 4
     assert accuracy.groupby("task")["n_samples"].sum().tolist() == [12, 24, 36, 48]
     assert verify_consistency(tmp_path) == []
-    first = tasks.sort_values("task")[["acc", "avg_acc", "bwt", "ece"]].to_numpy()
+    first = tasks.sort_values("task")[["last_acc", "avg_acc", "bwt", "ece"]].to_numpy()
     assert main(args) == 0  # same config, same files, same numbers, no duplicated rows
     again = pd.read_parquet(tmp_path / "tasks").sort_values("task")
     assert len(again) == 4
-    np.testing.assert_array_equal(first, again[["acc", "avg_acc", "bwt", "ece"]].to_numpy())
+    np.testing.assert_array_equal(first, again[["last_acc", "avg_acc", "bwt", "ece"]].to_numpy())
 
 
 def test_shapes_ten_task_scenario_is_quick_and_tiny_backbone_encodes_it():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
@@ -12,8 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clapray.config import RunConfig, from_mapping
+from clapray.config import RunConfig
 from clapray.results import verify_consistency
+from clapray.typed_config import from_mapping
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((REPO / "sweeps").glob("*.yaml"))
@@ -85,7 +85,7 @@ def test_sweep_survives_a_failed_trial_resumes_and_matches_a_plain_run(tmp_path)
 
         cfg = from_mapping(RunConfig, yaml.safe_load(run["config_yaml"]), "runs.config_yaml")
         plain = [r.last_acc for r in ContinualLearner(cfg).run()]
-        stored = tasks[tasks["run_id"] == run["run_id"]].sort_values("task")["acc"].to_numpy()
+        stored = tasks[tasks["run_id"] == run["run_id"]].sort_values("task")["last_acc"].to_numpy()
         np.testing.assert_allclose(stored, plain, atol=1e-6)
 
     # The README's first three queries run on this store and answer what they claim.
@@ -134,3 +134,36 @@ def test_sweep_of_eight_trials_encodes_the_images_once(tmp_path):
     assert len(runs) == 8 and set(runs["status"]) == {"finished"} and runs["used_feature_cache"].all()
     logs = list((root / "feature_cache").glob("*/builds.log"))
     assert len(logs) == 1 and len(logs[0].read_text().splitlines()) == 1
+
+
+def test_a_stopped_or_failed_trial_keeps_the_provenance_its_workers_recorded(tmp_path):
+    """The driver records an ASHA stop or a failure through the same identity and writer factory as the
+    trial's workers; the run row keeps every provenance column the workers wrote."""
+    from types import SimpleNamespace
+
+    from clapray.sweep.callbacks import StoreStatusCallback
+    from clapray.sweep.spec import TrialIdentity, TrialSpec
+    from clapray.task_result import RunProvenance
+    from test_results import fake_results
+
+    spec = TrialSpec(sweep="s", store=str(tmp_path), metric="avg_acc", workers_per_trial=1, gpus_per_worker=0.0,
+                     cpus_per_worker=1, retries=0)
+    provenance = RunProvenance(dataset_fingerprint="fp", trainable_params=123, used_feature_cache=True)
+    cfg = from_mapping(RunConfig, {"name": "t"}, "test")
+    callback = StoreStatusCallback(spec, {"base": 3})
+    history = fake_results()
+    for trial_id, last in (("stopped", {"tasks_done": 1}), ("failed", None)):
+        config = {"cell": "base", "seed": 0, "configuration": "base#0", "run": cfg.to_dict()}
+        writer = TrialIdentity.of("s", trial_id, config).open_writer(str(tmp_path), cfg, provenance)
+        writer.write_task(history[0], history[:1])  # what the trial's rank 0 wrote after its first task
+        trial = SimpleNamespace(trial_id=trial_id, config=config, last_result=last, error_file=None)
+        if last is None:
+            callback.on_trial_error(0, [trial], trial)
+        else:
+            callback.on_trial_complete(0, [trial], trial)
+    runs = pd.read_parquet(tmp_path / "runs").set_index("trial_id")
+    assert runs.loc["stopped", "status"] == "stopped" and runs.loc["failed", "status"] == "error"
+    for column, value in (("dataset_fingerprint", "fp"), ("trainable_params", 123), ("used_feature_cache", True)):
+        assert runs[column].tolist() == [value, value], column
+    for column in ("git_sha", "package_versions", "python_version", "config_hash", "config_yaml", "started_at"):
+        assert runs[column].notna().all(), column

@@ -15,16 +15,9 @@ import yaml
 
 from clapray.config import PROMPT_VARIANTS, RunConfig
 from clapray.errors import ConfigError, UserError
-from clapray.sweep_config import (
-    REPORTED_METRICS,
-    Distribution,
-    SweepConfig,
-    apply_sweep_overrides,
-    describe,
-    load_sweep_config,
-    resolve_sweep_argument,
-    sweep_from_mapping,
-)
+from clapray.sweep import describe, load_sweep_config, resolve_sweep_argument, sweep_from_mapping
+from clapray.sweep.loader import apply_sweep_overrides
+from clapray.sweep.model import REPORTED_METRICS, Distribution, SweepConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -154,7 +147,7 @@ def test_ablation_sweep_conditions():
 
 
 def test_sweep_config_imports_no_heavy_frameworks():
-    code = ("import sys; from clapray.sweep_config import load_sweep_config, describe; "
+    code = ("import sys; from clapray.sweep import load_sweep_config, describe; "
             "describe(load_sweep_config('sweeps/quickstart.yaml')); "
             "print(sorted(m for m in ('torch', 'ray', 'optuna') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,

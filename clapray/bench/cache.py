@@ -43,18 +43,18 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from clapray.builders import build_backbone, build_scenario_from_config, resolve_device
-    from clapray.config import load_run_config
+    from clapray.config import default_config_path, load_run_config
     from clapray.errors import UserError
     from clapray.features.provide import features_for
     from clapray.learner import ContinualLearner
-    from clapray.config import default_config_path
+    from clapray.model.prompts.catalog import DEFAULT_VARIANT
 
     for name in ("classes", "tasks", "train_per_class", "test_per_class", "epochs"):
         if getattr(args, name) < 1:
             raise UserError(f"bench cache: --{name.replace('_', '-')}: expected an integer >= 1, "
                             f"got {getattr(args, name)}")
     overrides = [
-        "method.variant=handcrafted", f"backbone.model={args.backbone}", "backbone.pretrained=",
+        f"method.variant={DEFAULT_VARIANT}", f"backbone.model={args.backbone}", "backbone.pretrained=",
         f"device={args.device}", "data.dataset=shapes", f"data.shapes.num_classes={args.classes}",
         f"data.num_tasks={args.tasks}", f"data.shapes.train_per_class={args.train_per_class}",
         f"data.shapes.test_per_class={args.test_per_class}", f"optim.epochs={args.epochs}",
@@ -89,7 +89,7 @@ def main(args: argparse.Namespace) -> int:
 
     # img/s: images the naive trial sent through the tower in that task, over each trial's task time.
     print(f"{'task':>4} {'naive s':>9} {'cached s':>9} {'naive img/s':>12} {'cached img/s':>13}")
-    for a, b, seen in zip(naive, cached, per_task):
+    for a, b, seen in zip(naive, cached, per_task, strict=False):
         print(f"{a.task:>4} {a.timings['total']:>9.2f} {b.timings['total']:>9.2f} "
               f"{seen / a.timings['total']:>12.1f} {seen / b.timings['total']:>13.1f}")
     print(f"trial: naive {naive_s:.2f}s, cached {cached_s:.2f}s; the cache itself: {n_views} image views "
@@ -103,7 +103,7 @@ def main(args: argparse.Namespace) -> int:
         and a.losses.keys() == b.losses.keys()
         and np.allclose([a.losses[k] for k in sorted(a.losses)], [b.losses[k] for k in sorted(b.losses)],
                         rtol=1e-4, atol=1e-6)
-        for a, b in zip(naive, cached))
+        for a, b in zip(naive, cached, strict=False))
     if device.type == "cuda":
         torch.cuda.synchronize()
     print(f"speedup: {naive_s / cached_s:.1f}x, metrics equal: {'yes' if equal else 'no'}")

@@ -15,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from clapray.model.prompts.catalog import DEFAULT_VARIANT
+
 DESCRIPTION = "Ray Tune/Train overhead: N short trials as a sweep against the same trials in plain Python"
 
 
@@ -29,7 +31,7 @@ def _sweep_yaml(trials: int, tasks: int, images: int) -> str:
     return f"""name: bench-ray
 base: quickstart
 set:
-  method.variant: handcrafted
+  method.variant: {DEFAULT_VARIANT}
   data.num_tasks: {tasks}
   data.shapes.num_classes: {2 * tasks}
   data.shapes.train_per_class: {images}
@@ -50,8 +52,8 @@ def main(args: argparse.Namespace) -> int:
 
     from clapray.errors import UserError
     from clapray.learner import ContinualLearner
-    from clapray.sweep import configure_ray_environment, run_sweep
-    from clapray.sweep_config import load_sweep_config
+    from clapray.sweep import load_sweep_config
+    from clapray.sweep.driver import configure_ray_environment, run_sweep
 
     for name in ("trials", "tasks", "images"):
         if getattr(args, name) < 1:

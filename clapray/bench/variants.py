@@ -67,7 +67,7 @@ class StepMemory:
         self._excluded = {t.untyped_storage().data_ptr() for m in modules
                           for t in [*m.parameters(), *m.buffers()]}
 
-    def __enter__(self) -> "StepMemory":
+    def __enter__(self) -> StepMemory:
         import torch
 
         if self.device.type == "cuda":
@@ -101,8 +101,15 @@ class StepMemory:
 
 
 def run_config(backbone: str, variant: str, deterministic: bool, args: argparse.Namespace):
-    from clapray.config import (BackboneConfig, DataConfig, MethodConfig, OptimConfig, RunConfig, SeedConfig,
-                                ShapesConfig)
+    from clapray.config import (
+        BackboneConfig,
+        DataConfig,
+        MethodConfig,
+        OptimConfig,
+        RunConfig,
+        SeedConfig,
+        ShapesConfig,
+    )
 
     return RunConfig(
         name="bench", device=args.device,
@@ -129,10 +136,12 @@ def measure(learner, images, labels, steps: int, warmup: int) -> tuple[float | N
     """
     import torch
 
+    from clapray import phases
+
     setup = learner.setup_task(0)
     train_ms = peak = None
     if learner.head is not None:
-        params = learner.main_parameters(0, setup)
+        params = learner.phase_parameters(phases.main_training(0, learner.cfg), setup)
         for p in learner._learnable():
             p.requires_grad_(False)
         for p in params:
@@ -184,8 +193,9 @@ def bench_backbone(name: str, variants: list[str], args: argparse.Namespace) -> 
 
     from clapray.builders import build_backbone, build_scenario_from_config, resolve_device
     from clapray.learner import ContinualLearner
+    from clapray.model.prompts.catalog import DEFAULT_VARIANT, VARIANTS
 
-    base = run_config(name, "handcrafted", False, args)
+    base = run_config(name, DEFAULT_VARIANT, False, args)
     device = resolve_device(base)
     backbone = build_backbone(base, device)
     scenario = build_scenario_from_config(base)
@@ -195,7 +205,7 @@ def bench_backbone(name: str, variants: list[str], args: argparse.Namespace) -> 
     rows = []
     for variant in variants:
         for deterministic in (False, True):
-            if variant == "zeroshot" and deterministic:
+            if deterministic and not VARIANTS[variant].learns:
                 continue  # no head: VI and w/o VI are the same model
             learner = ContinualLearner(run_config(name, variant, deterministic, args), backbone=backbone,
                                        scenario=scenario, device=device)

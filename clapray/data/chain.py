@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import warnings
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -31,7 +32,7 @@ class ChainedSplit:
         lengths = np.asarray([len(p) for p in self.parts], dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(lengths)])  # [P + 1]
         self.targets = np.concatenate(
-            [np.asarray(p.targets, dtype=np.int64) + off for p, off in zip(self.parts, self.offsets)]
+            [np.asarray(p.targets, dtype=np.int64) + off for p, off in zip(self.parts, self.offsets, strict=False)]
         ) if self.parts else np.zeros(0, dtype=np.int64)
 
     def __len__(self) -> int:
@@ -51,7 +52,7 @@ class ChainedSplit:
 
     def fingerprint(self) -> str:
         h = hashlib.blake2b(digest_size=16)
-        for part, off in zip(self.parts, self.offsets):
+        for part, off in zip(self.parts, self.offsets, strict=False):
             h.update(f"{part.fingerprint()}+{int(off)};".encode())
         return h.hexdigest()
 
@@ -79,7 +80,7 @@ def _unique_names(benchmarks: Sequence[Benchmark]) -> tuple[str, ...]:
         seen[b.name] += 1
         tags.append(b.name if dataset_counts[b.name] == 1 else f"{b.name} {seen[b.name]}")
     return tuple(f"{name} ({tag})" if name in clash_set else name
-                 for b, tag in zip(benchmarks, tags) for name in b.class_names)
+                 for b, tag in zip(benchmarks, tags, strict=False) for name in b.class_names)
 
 
 def _union(template_lists: Sequence[Sequence[str]]) -> tuple[str, ...]:
@@ -103,7 +104,7 @@ def chain_benchmarks(benchmarks: Sequence[Benchmark], name: str | None = None) -
         raise UserError(f"a dataset sequence needs at least two datasets, got {len(benchmarks)}")
     offsets = np.cumsum([0] + [b.num_classes for b in benchmarks[:-1]]).tolist()
     segments = tuple((int(start + off), int(end + off))
-                     for b, off in zip(benchmarks, offsets) for start, end in b.segments)
+                     for b, off in zip(benchmarks, offsets, strict=False) for start, end in b.segments)
     memories = {b.default_memory for b in benchmarks}
     return Benchmark(
         name=name or "+".join(b.name for b in benchmarks),

@@ -174,7 +174,7 @@ def build_cifar100(root: Path, *, download: bool = False) -> Benchmark:
     names = class_names("cifar224")
     meta_names = read_cifar_meta(root)
     if meta_names != names:
-        bad = next((i for i, (a, b) in enumerate(zip(names, meta_names)) if a != b),
+        bad = next((i for i, (a, b) in enumerate(zip(names, meta_names, strict=False)) if a != b),
                    min(len(names), len(meta_names)))
         raise DatasetNotFoundError(
             f"CIFAR-100 meta at {folder / 'meta'} does not match the official class list "

@@ -19,8 +19,8 @@ import hashlib
 import operator
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -29,10 +29,12 @@ from clapray.data.base import Benchmark, check_class_names, register_benchmark
 from clapray.data.templates import (
     CUB_TEMPLATES,
     VTAB_TEMPLATES,
-    class_names as official_class_names,
     imagenet100_wnids,
     imagenet_templates,
     read_package_text,
+)
+from clapray.data.templates import (
+    class_names as official_class_names,
 )
 from clapray.errors import DatasetNotFoundError, UserError
 
@@ -140,7 +142,7 @@ def _image_folder_splits(root: Path, folder: str, splits: tuple[str, str], expec
         folders = list_class_folders(split_dir, dataset, how_to_get)
         check_class_folders(split_dir, folders, expected, dataset, how_to_get)
         if result and folders != folders0:
-            first = next(a for a, b in zip(folders, folders0) if a != b)
+            first = next(a for a, b in zip(folders, folders0, strict=False) if a != b)
             raise DatasetNotFoundError(
                 f"{dataset} at {root / folder}: class folders of {splits[0]} and {split} differ "
                 f"(first: {first!r}); {how_to_get}"

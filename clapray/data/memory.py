@@ -1,4 +1,4 @@
-"""The exemplar memory for experience replay and its budget (§10-§11 of the method reference).
+"""The exemplar memory for experience replay and its capacity (§10-§11 of the method reference).
 
 After each task's main training (before consolidation) the learner updates the memory:
 
@@ -6,15 +6,15 @@ After each task's main training (before consolidation) the learner updates the m
 2. every new class gets ``min(k, n_candidates)`` exemplars chosen by a selector
    (:mod:`clapray.data.selectors`),
 
-where ``k = budget.per_class(n_seen_classes)``. The memory stores, per remapped class id, an int64 array
+where ``k = capacity.per_class(n_seen_classes)``. The memory stores, per remapped class id, an int64 array
 of dataset indices into the training split **in selection order**, so step 1 is a prefix cut and the
 replay set is ``memory.indices()`` with labels ``memory.labels()``.
 
 Typical use in a learner::
 
-    budget = resolve_budget(cfg.memory, benchmark.default_memory, replay_free=cfg.budget.replay_free)
+    capacity = resolve_memory_capacity(cfg.memory, benchmark.default_memory, replay_free=cfg.budget.replay_free)
     ...
-    k = budget.per_class(len(scenario.seen_classes(t)))
+    k = capacity.per_class(len(scenario.seen_classes(t)))
     selector = get_selector(cfg.memory.selector)
     if selector.needs:                      # run the model only when the selector looks at it
         candidates = inputs_by_class(idx, labels, features=feats, probs=probs)
@@ -22,22 +22,23 @@ Typical use in a learner::
         candidates = {c: idx[labels == c] for c in scenario.classes_of_task(t)}
     memory.update(candidates, k, selector, rng=np.random.default_rng([init_seed, t]))
 
-Replay-free mode is an empty memory: :func:`resolve_budget` with ``replay_free=True`` returns a
-disabled budget (``per_class`` is 0), and an :class:`ExemplarMemory` that is never filled (or updated with
+Replay-free mode is an empty memory: :func:`resolve_memory_capacity` with ``replay_free=True`` returns a
+disabled capacity (``per_class`` is 0), and an :class:`ExemplarMemory` that is never filled (or updated with
 ``k = 0``) has ``len == 0``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Literal
 
 import numpy as np
 
 from clapray.data.selectors import SelectionInputs, Selector, check_k, get_selector
 from clapray.errors import UserError
 
-BudgetPolicy = Literal["total", "per_class"]
+MemoryPolicy = Literal["total", "per_class"]
 
 # ``provide(class_id, candidate_indices [n], needs)`` -> the class's inputs; see ExemplarMemory.update.
 InputProvider = Callable[[int, np.ndarray, frozenset], "SelectionInputs | Mapping[str, Any]"]
@@ -50,7 +51,7 @@ _STATE_VERSION = 1
 
 
 @dataclass(frozen=True)
-class MemoryBudget:
+class MemoryCapacity:
     """How many exemplars each seen class may keep.
 
     ``total``: ``size`` exemplars shared evenly by the seen classes, ``floor(size / n_seen)`` each
@@ -58,7 +59,7 @@ class MemoryBudget:
     each, so the total grows with the number of classes. ``size == 0`` disables replay.
     """
 
-    policy: BudgetPolicy
+    policy: MemoryPolicy
     size: int
 
     def __post_init__(self) -> None:
@@ -89,32 +90,33 @@ class MemoryBudget:
         return self.per_class(n_seen_classes) * int(n_seen_classes)
 
 
-def resolve_budget(memory_cfg: Any, benchmark_default: tuple[str, int], *, replay_free: bool = False
-                   ) -> MemoryBudget:
-    """The budget a run uses.
+def resolve_memory_capacity(memory_cfg: Any, benchmark_default: tuple[str, int], *, replay_free: bool = False
+                            ) -> MemoryCapacity:
+    """The exemplar capacity a run uses (the exemplar count; the config's ``budget`` section is the compute
+    budget, a different thing).
 
     Args:
         memory_cfg: a ``MemoryConfig`` (anything with ``policy`` and ``size``).
         benchmark_default: ``Benchmark.default_memory``, the official ``(policy, size)`` of the dataset.
-        replay_free: ``BudgetConfig.replay_free``; gives a disabled budget (size 0).
+        replay_free: ``BudgetConfig.replay_free``; gives a disabled memory (size 0).
 
     ``policy: auto`` takes the benchmark's default; a ``size`` given with ``auto`` replaces the default's
     size under the default's policy (e.g. CIFAR-100 ``auto`` + 500 = 500 in total, elsewhere 500 per
     class). An explicit ``total``/``per_class`` needs a size.
     """
     if replay_free:
-        return MemoryBudget("per_class", 0)
-    policy, size = getattr(memory_cfg, "policy"), getattr(memory_cfg, "size")
+        return MemoryCapacity("per_class", 0)
+    policy, size = memory_cfg.policy, memory_cfg.size
     if policy == "auto":
         default_policy, default_size = benchmark_default
-        return MemoryBudget(default_policy, default_size if size is None else size)  # type: ignore[arg-type]
+        return MemoryCapacity(default_policy, default_size if size is None else size)  # type: ignore[arg-type]
     if policy not in ("total", "per_class"):
         raise UserError(f"memory.policy: expected auto, total or per_class, got {policy!r}")
     if size is None:
         raise UserError(f"memory.size: expected an integer >= 0 when memory.policy is {policy}, got None")
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         raise UserError(f"memory.size: expected an integer >= 0, got {size!r}")
-    return MemoryBudget(policy, size)
+    return MemoryCapacity(policy, size)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -191,7 +193,7 @@ class ExemplarMemory:
                 fields, or just the ``[n_c]`` dataset indices. The class's training images (no
                 duplicates); the official ``icarl`` selector also re-herded the old exemplars, here old
                 classes only shrink.
-            k: exemplars per class, normally ``budget.per_class(n_seen_classes)``.
+            k: exemplars per class, normally ``capacity.per_class(n_seen_classes)``.
             selector: a registered name or a :class:`Selector`.
             rng: needed by selectors with ``uses_rng``. Each new class gets its own child generator
                 (``rng.spawn``, in ascending class id), so a class's choice does not depend on how many
@@ -217,7 +219,7 @@ class ExemplarMemory:
                     else [rng] * len(new))
 
         chosen: dict[int, np.ndarray] = {}
-        for c, child in zip(new, children):
+        for c, child in zip(new, children, strict=False):
             inputs = _as_inputs(originals[c])
             if k == 0 or inputs.n == 0:
                 chosen[c] = np.empty(0, dtype=np.int64)
@@ -277,7 +279,7 @@ class ExemplarMemory:
         if len(classes) != len(indices) or len(set(classes)) != len(classes):
             raise ValueError("ExemplarMemory state: classes and indices do not match")
         store: dict[int, np.ndarray] = {}
-        for c, idx in zip(classes, indices):
+        for c, idx in zip(classes, indices, strict=False):
             array = np.asarray(idx)
             if array.ndim != 1 or (array.size and not np.issubdtype(array.dtype, np.integer)):
                 raise ValueError(f"ExemplarMemory state: class {c} indices must be a list of ints")
@@ -289,7 +291,7 @@ class ExemplarMemory:
         self._store = store
 
     @classmethod
-    def from_state_dict(cls, state: Mapping[str, Any]) -> "ExemplarMemory":
+    def from_state_dict(cls, state: Mapping[str, Any]) -> ExemplarMemory:
         memory = cls()
         memory.load_state_dict(state)
         return memory
@@ -308,4 +310,4 @@ class ExemplarMemory:
         return f"ExemplarMemory(classes={len(self._store)}, exemplars={len(self)})"
 
 
-__all__ = ["ExemplarMemory", "InputProvider", "MemoryBudget", "resolve_budget"]
+__all__ = ["ExemplarMemory", "InputProvider", "MemoryCapacity", "resolve_memory_capacity"]

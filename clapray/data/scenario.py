@@ -13,8 +13,9 @@ silently drops the leftover classes (``len(order) // increment`` tasks); here it
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
@@ -213,7 +214,7 @@ class ClassIncrementalScenario:
     # ------------------------------------------------------------------------------ datasets
 
     def task_dataset(self, t: int, split: Literal["train", "val", "test", "eval"],
-                     transform: Callable[[Any], Any] | None = None) -> "TaskSubset":
+                     transform: Callable[[Any], Any] | None = None) -> TaskSubset:
         """A :class:`TaskSubset` over task ``t``'s images of ``split``."""
         if split == "eval":
             split = self.evaluate_on

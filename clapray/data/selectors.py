@@ -32,8 +32,9 @@ Registered selectors:
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -136,7 +137,7 @@ def inputs_by_class(indices: Any, labels: Any, *, features: Any = None, probs: A
     order = np.argsort(labels, kind="stable")  # group by class, keep the given order inside a class
     classes, starts = np.unique(labels[order], return_index=True)
     out: dict[int, SelectionInputs] = {}
-    for c, block in zip(classes.tolist(), np.split(order, starts[1:])):
+    for c, block in zip(classes.tolist(), np.split(order, starts[1:]), strict=False):
         out[int(c)] = SelectionInputs(
             indices=indices[block],
             features=None if rows["features"] is None else rows["features"][block],

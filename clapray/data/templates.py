@@ -39,12 +39,12 @@ def read_package_text(name: str) -> str:
     return data.decode("utf-8")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _labels() -> dict[str, list[str]]:
     return json.loads(read_package_text("labels.json"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _templates() -> dict[str, list[str]]:
     return json.loads(read_package_text("templates.json"))
 
@@ -63,7 +63,7 @@ def cifar_templates() -> tuple[str, ...]:
     return tuple(_templates()["cifar224"])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def imagenet100_wnids() -> tuple[str, ...]:
     """WordNet ids of ImageNet-1k classes 0-99 in class-id order (n01440764 tench ... n01855672 goose)."""
     return tuple(read_package_text("imagenet100_wnids.txt").split())
@@ -97,7 +97,7 @@ def _load_open_clip_metadata() -> ModuleType:
     return module
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def imagenet_templates() -> tuple[str, ...]:
     """The 80 CLIP ImageNet templates as ``str.format`` patterns (``"a bad photo of a {}."``).
 

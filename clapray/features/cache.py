@@ -30,8 +30,7 @@ import pyarrow.fs as pafs
 import torch
 from torch import Tensor
 
-from clapray.fileio import directory_lock, write_bytes_atomic
-from clapray.fileio import resolve_filesystem
+from clapray.fileio import directory_lock, resolve_filesystem, write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +75,7 @@ class ImageFeatures:
         return torch.cat([self.train.reshape(2 * n, d), self.test]).numpy()
 
     @classmethod
-    def from_array(cls, array: np.ndarray, n_train: int, key: str) -> "ImageFeatures":
+    def from_array(cls, array: np.ndarray, n_train: int, key: str) -> ImageFeatures:
         flat = torch.from_numpy(np.ascontiguousarray(array))
         d = flat.shape[1]
         return cls(train=flat[: 2 * n_train].reshape(2, n_train, d), test=flat[2 * n_train:], key=key)

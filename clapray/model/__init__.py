@@ -24,7 +24,19 @@ _EXPORTS = {
     "template_text_features": "clapray.model.text_features",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [  # noqa: F822 (resolved through __getattr__)
+    "CONFIG_DIR",
+    "PRECISIONS",
+    "Backbone",
+    "TemplateFeatures",
+    "bundled_model_names",
+    "class_prompt",
+    "dedupe_templates",
+    "format_prompts",
+    "load_backbone",
+    "register_model_configs",
+    "template_text_features",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -28,8 +28,9 @@ import logging
 import os
 import zipfile
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, ContextManager
+from typing import Any
 
 import open_clip
 import torch
@@ -130,7 +131,7 @@ class Backbone:
         """dtype images must have when entering the image tower (half for fp16 towers)."""
         return torch.float16 if self.precision == "fp16" else torch.float32
 
-    def autocast(self) -> ContextManager[Any]:
+    def autocast(self) -> AbstractContextManager[Any]:
         """Context for running the towers at this backbone's precision.
 
         fp32 -> no-op; bf16 -> ``torch.autocast(device.type, dtype=bfloat16)`` (the weights stay

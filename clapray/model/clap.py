@@ -26,8 +26,8 @@ decoder's output at token i is added to the h_c of every class of task i.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor, nn

@@ -13,9 +13,9 @@ Which trials each artefact uses (the index repeats it per artefact):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -129,7 +129,8 @@ def _incomplete_table(report: Report, store: Store) -> None:
     if "error" in frame:
         frame["error"] = frame["error"].map(lambda e: e if not isinstance(e, str) or len(e) <= 80 else e[:77] + "...")
     frame = frame.sort_values([c for c in ("state", "cell", "run_id") if c in frame.columns])
-    (report.out / "incomplete.md").write_text(tables.frame_to_markdown(frame, {"tasks_done": ".0f", "num_tasks": ".0f"}))
+    formats = {"tasks_done": ".0f", "num_tasks": ".0f"}
+    (report.out / "incomplete.md").write_text(tables.frame_to_markdown(frame, formats))
     frame.to_csv(report.out / "incomplete.csv", index=False)
     report.add("table", "Incomplete trials", ["incomplete.md", "incomplete.csv"],
                "trials left out of every table and figure, with why (running, stopped, error, missing tasks)",
@@ -236,8 +237,8 @@ def _evolution_figure(report: Report, store: Store, selected: pd.DataFrame, rows
     if tasks.empty:
         report.notes.append("accuracy evolution: no complete trial to draw")
         return
-    per_task = aggregate(tasks, by=[*keys, "task"], metrics=["acc"]).rename(
-        columns={"acc_mean": "mean", "acc_std": "std", "acc_count": "n"})
+    per_task = aggregate(tasks, by=[*keys, "task"], metrics=["last_acc"]).rename(
+        columns={"last_acc_mean": "mean", "last_acc_std": "std", "last_acc_count": "n"})
     if "benchmark" not in per_task:
         per_task["benchmark"] = "all"
     figures.accuracy_evolution(per_task, rows, report.out / "accuracy_evolution.png")

@@ -59,7 +59,8 @@ def resolve_options(runs, by_text: str, metric_text: str) -> tuple[list[str], li
     by = [ALIASES.get(b, b) for b in _split(by_text, "--by")]
     metrics = _split(metric_text, "--metric")
     _check_columns(by, list(runs.columns), "--by", "a column")
-    numeric = [c for c in runs.columns if pd.api.types.is_numeric_dtype(runs[c]) and not pd.api.types.is_bool_dtype(runs[c])]
+    numeric = [c for c in runs.columns
+               if pd.api.types.is_numeric_dtype(runs[c]) and not pd.api.types.is_bool_dtype(runs[c])]
     _check_columns(metrics, numeric, "--metric", "a numeric column")
     return list(dict.fromkeys(by)), list(dict.fromkeys(metrics))
 

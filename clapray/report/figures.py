@@ -7,8 +7,8 @@ text, lines at least 1.2 pt, and markers so that curves stay apart in black and 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
@@ -48,7 +48,7 @@ def _save(fig, path: Path) -> Path:
 
 
 def _label(keys: Sequence[str], values: Sequence) -> str:
-    return ", ".join(value_label(k, v) for k, v in zip(keys, values) if value_label(k, v) != "-") or "all"
+    return ", ".join(value_label(k, v) for k, v in zip(keys, values, strict=False) if value_label(k, v) != "-") or "all"
 
 
 def accuracy_evolution(curves: pd.DataFrame, rows: Sequence[str], path: Path) -> Path:
@@ -57,7 +57,7 @@ def accuracy_evolution(curves: pd.DataFrame, rows: Sequence[str], path: Path) ->
     with plt.rc_context(_STYLE):
         benchmarks = sorted(curves["benchmark"].unique(), key=lambda b: (b not in BENCHMARK_LABELS, str(b)))
         fig, axes = _grid(len(benchmarks))
-        for ax, bench in zip(axes, benchmarks):
+        for ax, bench in zip(axes, benchmarks, strict=False):
             part = curves[curves["benchmark"] == bench]
             groups = list(part.groupby(list(rows), dropna=False, sort=True)) if rows else [((), part)]
             for i, (key, g) in enumerate(groups):
@@ -109,7 +109,7 @@ def knob_curves(summary: pd.DataFrame, knob: str, metrics: Sequence[str], path: 
     std, n."""
     with plt.rc_context(_STYLE):
         fig, axes = _grid(len(metrics), width=3.6, height=2.8, max_cols=2)
-        for ax, metric in zip(axes, metrics):
+        for ax, metric in zip(axes, metrics, strict=False):
             part = summary[summary["metric"] == metric]
             categorical = part["x"].isna().any()
             labels = sorted(part["label"].unique()) if categorical else []
@@ -132,7 +132,7 @@ def reliability(panels: list[tuple[str, pd.DataFrame]], path: Path) -> Path:
     pooled ECE. Each frame: lower, upper, count, mean_confidence, accuracy (pooled over trials)."""
     with plt.rc_context(_STYLE):
         fig, axes = _grid(len(panels), width=2.8, height=2.8)
-        for ax, (title, bins) in zip(axes, panels):
+        for ax, (title, bins) in zip(axes, panels, strict=False):
             width = (bins["upper"] - bins["lower"]).to_numpy(float)
             centre = bins["lower"].to_numpy(float) + width / 2
             acc = bins["accuracy"].to_numpy(float)
@@ -162,7 +162,7 @@ def importance_bars(importances: pd.DataFrame, path: Path) -> Path:
     with plt.rc_context(_STYLE):
         height = max(1.8, 0.8 + 0.35 * importances.groupby("cell").size().max())
         fig, axes = _grid(len(cells), width=5.0, height=height, max_cols=1)
-        for ax, cell in zip(axes, cells):
+        for ax, cell in zip(axes, cells, strict=False):
             part = importances[importances["cell"] == cell].sort_values("importance")
             bars = ax.barh(part["parameter"].map(_short), part["importance"], color="#55A868", edgecolor="black",
                            linewidth=0.6)

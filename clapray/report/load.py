@@ -20,9 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 import pyarrow as pa
@@ -30,6 +30,7 @@ import pyarrow.fs as pafs
 
 from clapray.errors import UserError
 from clapray.fileio import data_files, resolve_filesystem
+from clapray.model.prompts.catalog import VARIANTS
 from clapray.results import config_schema, load_table
 
 # Run states, in the order the report lists them.
@@ -191,7 +192,8 @@ def _setting(row: pd.Series) -> str:
 
 
 def _inference(row: pd.Series) -> str:
-    if row.get("method.variant") == "zeroshot":
+    spec = VARIANTS.get(row.get("method.variant"))
+    if spec is not None and not spec.learns:  # a reference row (zero-shot) has no head, VI or otherwise
         return "-"
     det = row.get("method.deterministic")
     if det is None or pd.isna(det):

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
+from clapray.model.prompts.catalog import VARIANTS, report_order
 from clapray.results import aggregate
 
 # name -> (label, format, higher is better). Unknown metrics get a generic format, higher is better.
@@ -45,7 +46,6 @@ BENCHMARK_LABELS = {"cifar100": "CIFAR100", "imagenet100": "ImageNet100", "image
                     "cub200": "CUB200", "vtab": "VTAB", "cdcl": "CDCL", "shapes": "Shapes", "shapes_cl": "Shapes-CL"}
 _BENCHMARK_ORDER = list(BENCHMARK_LABELS)
 # The zero-shot baseline first, as the reference row; then the prompt variants in the paper's order.
-_VARIANT_ORDER = ["zeroshot", "handcrafted", "coop", "maple", "attriclip", "cocoop"]
 
 
 def metric_label(name: str) -> str:
@@ -69,6 +69,8 @@ def value_label(column: str, value) -> str:
         return "-"
     if column in ("benchmark", "data.dataset"):
         return BENCHMARK_LABELS.get(str(value), str(value))
+    if column in ("variant", "method.variant") and str(value) in VARIANTS:
+        return VARIANTS[str(value)].label
     if isinstance(value, (bool, np.bool_)):
         return "yes" if value else "no"
     if isinstance(value, (float, np.floating)):
@@ -89,7 +91,8 @@ def _sort_key(column: str, value):
         return (0, rank * 1e9 - (int(steps.group(1)) if steps else 0), v)
     if column in ("variant", "method.variant"):
         v = str(value)
-        return (0, _VARIANT_ORDER.index(v), "") if v in _VARIANT_ORDER else (1, 0, v)
+        rank = report_order(v)
+        return (0, rank[0] * 100 + rank[1], "") if v in VARIANTS else (1, 0, v)
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return (2, 0, "")
     if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)):
@@ -193,7 +196,8 @@ def widen(summary: pd.DataFrame, rows: Sequence[str], columns: Sequence[str], me
     order = order or {}
 
     def key_of(cols, values):
-        return [(0, order[c].get(v, math.inf), "") if c in order else _sort_key(c, v) for c, v in zip(cols, values)]
+        return [(0, order[c].get(v, math.inf), "") if c in order else _sort_key(c, v)
+                for c, v in zip(cols, values, strict=False)]
 
     metrics = [m for m in metrics if m in set(summary["metric"])] if len(summary) else []
     col_keys = sorted({tuple(r) for r in summary[columns].itertuples(index=False)} if columns and len(summary)
@@ -204,7 +208,7 @@ def widen(summary: pd.DataFrame, rows: Sequence[str], columns: Sequence[str], me
     for rec in summary.to_dict("records"):
         key = (tuple(rec[c] for c in rows), tuple(rec[c] for c in columns), rec["metric"])
         lookup[_norm(key)] = rec
-    col_headers = [(*(value_label(c, v) for c, v in zip(columns, ck)), metric_label(m))
+    col_headers = [(*(value_label(c, v) for c, v in zip(columns, ck, strict=False)), metric_label(m))
                    for ck in col_keys for m in metrics]
     out_rows = []
     for rk in row_keys:
@@ -216,7 +220,7 @@ def widen(summary: pd.DataFrame, rows: Sequence[str], columns: Sequence[str], me
                     cells.append(("-", False))
                 else:
                     cells.append((cell_text(m, rec["mean"], rec["std"], int(rec["n"])), bool(rec["best"])))
-        out_rows.append(([value_label(c, v) for c, v in zip(rows, rk)], cells))
+        out_rows.append(([value_label(c, v) for c, v in zip(rows, rk, strict=False)], cells))
     return Wide(row_headers=[COLUMN_LABELS.get(r, r) for r in rows], col_headers=col_headers, rows=out_rows)
 
 
@@ -308,7 +312,7 @@ def frame_to_markdown(frame: pd.DataFrame, formats: dict[str, str] | None = None
              "|" + "|".join("--:" if pd.api.types.is_numeric_dtype(frame[c]) else ":--" for c in frame.columns) + "|"]
     for rec in frame.itertuples(index=False):
         cells = []
-        for c, v in zip(frame.columns, rec):
+        for c, v in zip(frame.columns, rec, strict=False):
             if v is None or (isinstance(v, float) and math.isnan(v)):
                 cells.append("-")
             elif c in formats:

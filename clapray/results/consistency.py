@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -45,7 +45,7 @@ def verify_consistency(root: str | Path | Sequence[str | Path], *, filesystem: p
                              ("runs", runs, ["run_id"])):
         dup = frame[frame.duplicated(key, keep=False)]
         for values in dup[key].drop_duplicates().itertuples(index=False):
-            problems.append(f"{name}: duplicate rows for {dict(zip(key, values))}")
+            problems.append(f"{name}: duplicate rows for {dict(zip(key, values, strict=False))}")
 
     matrices: dict[str, np.ndarray] = {}
     for run_id, rows in accuracy.groupby("run_id", sort=True):
@@ -73,7 +73,7 @@ def verify_consistency(root: str | Path | Sequence[str | Path], *, filesystem: p
         expected = recompute(run_id, step, where)
         if expected is None:
             continue
-        for column, value in zip(("acc", "avg_acc", "bwt"), expected):
+        for column, value in zip(("last_acc", "avg_acc", "bwt"), expected, strict=False):
             stored = float(getattr(row, column))
             if not _close(stored, value, atol):
                 problems.append(f"{where}: {column} = {stored!r} but the accuracy table gives {value!r}")
@@ -86,7 +86,7 @@ def verify_consistency(root: str | Path | Sequence[str | Path], *, filesystem: p
         expected = recompute(run_id, int(done) - 1, where)
         if expected is None:
             continue
-        for column, value in zip(("last_acc", "avg_acc", "bwt"), expected):
+        for column, value in zip(("last_acc", "avg_acc", "bwt"), expected, strict=False):
             stored = float(row[column])
             if not _close(stored, value, atol):
                 problems.append(f"{where}: {column} = {stored!r} but the accuracy table gives {value!r}")

@@ -16,7 +16,8 @@ import json
 import re
 import types
 import typing
-from typing import Any, Iterable, Literal, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -90,7 +91,7 @@ def _config_fields(cls: type[Any], prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def config_schema() -> pa.Schema:
     """One column per RunConfig leaf field, dotted names, types from the annotations (module docstring)."""
     return pa.schema([pa.field(name, _arrow_type(tp)) for name, tp in _config_fields(RunConfig)])
@@ -103,7 +104,7 @@ def config_values(config: RunConfig) -> dict[str, Any]:
 
 # Columns after the ids, in file order. Loss and timing columns follow the metrics in `tasks`.
 _TASK_HEAD: list[tuple[str, pa.DataType]] = [
-    ("run_id", _STR), ("task", _I64), ("num_tasks", _I64), ("acc", _F64), ("avg_acc", _F64),
+    ("run_id", _STR), ("task", _I64), ("num_tasks", _I64), ("last_acc", _F64), ("avg_acc", _F64),
     ("bwt", _F64), ("ece", _F64), ("ece_per_batch", _F64), ("phndd_auroc", _F64), ("phndd_aupr", _F64),
     ("phndd_fpr95", _F64), ("phndd_fpr95_at_least", _F64),
 ]
@@ -123,8 +124,8 @@ _RUN_HEAD: list[tuple[str, pa.DataType]] = [
     ("phndd_auroc", _F64), ("phndd_aupr", _F64), ("phndd_fpr95", _F64), ("phndd_fpr95_at_least", _F64),
     ("wall_s", _F64), ("gpu_s", _F64), ("peak_memory_mb", _F64), ("started_at", _STR), ("updated_at", _STR),
     ("git_sha", _STR), ("git_dirty", pa.bool_()), ("package_versions", _STR), ("python_version", _STR),
-    ("config_hash", _STR), ("dataset_fingerprint", _STR), ("trainable_params", _I64), ("used_feature_cache", pa.bool_()),
-    ("config_yaml", _STR),
+    ("config_hash", _STR), ("dataset_fingerprint", _STR), ("trainable_params", _I64),
+    ("used_feature_cache", pa.bool_()), ("config_yaml", _STR),
 ]
 
 

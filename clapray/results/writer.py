@@ -17,9 +17,10 @@ import platform
 import re
 import subprocess
 import uuid
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -27,7 +28,6 @@ import pyarrow.parquet as pq
 
 from clapray.config import RunConfig
 from clapray.fileio import data_files, is_object_store, resolve_filesystem
-from clapray.task_result import RunProvenance, TaskResult
 from clapray.results.schema import (
     ID_KEY,
     LOSS_KEYS,
@@ -47,6 +47,7 @@ from clapray.results.schema import (
     task_schema,
     timing_column,
 )
+from clapray.task_result import RunProvenance, TaskResult
 
 # Packages whose versions go into every run row (read from installed metadata, never imported).
 PROVENANCE_PACKAGES: tuple[str, ...] = (
@@ -272,7 +273,7 @@ class RunWriter:
         extra_losses = sorted(k for k in result.losses if k not in LOSS_KEYS)
         extra_timings = sorted(k for k in result.timings if k not in TIMING_KEYS)
         phndd = result.phndd
-        row = {**ids_and_run, "task": t, "num_tasks": result.num_tasks, "acc": _float(result.last_acc),
+        row = {**ids_and_run, "task": t, "num_tasks": result.num_tasks, "last_acc": _float(result.last_acc),
                "avg_acc": _float(result.avg_acc), "bwt": _float(result.bwt), "ece": _float(result.ece),
                "ece_per_batch": _float(result.ece_per_batch),
                "phndd_auroc": _float(phndd.auroc) if phndd else math.nan,

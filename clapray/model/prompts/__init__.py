@@ -15,7 +15,6 @@ from typing import Any
 from clapray.model.prompts.catalog import VARIANT_NAMES, VARIANTS, VariantSpec, variant_spec
 
 _EXPORTS = {
-    "PHASES": "clapray.model.prompts.base",
     "PROMPT_REGISTRY": "clapray.model.prompts.base",
     "PromptText": "clapray.model.prompts.base",
     "PromptVariant": "clapray.model.prompts.base",
@@ -25,7 +24,20 @@ _EXPORTS = {
     "TowerDims": "clapray.model.prompts.towers",
 }
 
-__all__ = sorted([*_EXPORTS, "VARIANTS", "VARIANT_NAMES", "VariantSpec", "load_all_variants", "variant_spec"])
+__all__ = [  # noqa: F822 (the names of _EXPORTS resolve through __getattr__)
+    "PROMPT_REGISTRY",
+    "VARIANTS",
+    "VARIANT_NAMES",
+    "PromptText",
+    "PromptVariant",
+    "TowerDims",
+    "VariantSpec",
+    "build_prompt_variant",
+    "load_all_variants",
+    "register_variant",
+    "variant_class",
+    "variant_spec",
+]
 
 
 def load_all_variants() -> dict[str, Any]:

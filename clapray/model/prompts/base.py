@@ -40,8 +40,6 @@ from clapray.model.prompts.catalog import VARIANTS, VariantSpec
 from clapray.model.prompts.towers import TowerDims
 from clapray.model.text_features import TemplateFeatures
 
-PHASES = ("train", "consolidate")
-
 
 @dataclass
 class PromptText:
@@ -97,12 +95,9 @@ class PromptVariant(nn.Module):
     def learned_parameter_count(self) -> int:
         return sum(p.numel() for p in self.learned_subset(self.learned, self.options))
 
-    def trainable_parameters(self, phase: str) -> list[nn.Parameter]:
-        """What the optimiser updates in ``phase`` (``train`` or ``consolidate``), besides VGA and adapters."""
-        if phase not in PHASES:
-            raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
-        if phase == "consolidate" and not self.spec.trains_in_consolidation:
-            return []
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """What the optimiser updates when a phase trains the prompts (:mod:`clapray.phases` decides
+        when), besides VGA and adapters."""
         return self.learned_subset(self.learned, self.options)
 
     # ---------------------------------------------------------------- forward

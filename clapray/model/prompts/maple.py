@@ -102,7 +102,7 @@ class MaplePrompts(PromptVariant):
     def visual_prompts(self) -> tuple[Tensor, list[Tensor]]:
         """Shallow [n, vw] and deep (J-1 x [n, vw]) visual prompts, coupled from the text prompts."""
         learned = self.learned
-        deep = [proj(p) for proj, p in zip(learned.deep_proj, learned.deep_text)]
+        deep = [proj(p) for proj, p in zip(learned.deep_proj, learned.deep_text, strict=False)]
         return learned.proj(learned.ctx), deep
 
     def encode_images(self, images: Tensor) -> Tensor:

@@ -46,7 +46,7 @@ class TowerDims:
     context_length: int
 
     @classmethod
-    def from_backbone(cls, backbone: Backbone) -> "TowerDims":
+    def from_backbone(cls, backbone: Backbone) -> TowerDims:
         visual = getattr(backbone.model.visual, "transformer", None)
         return cls(embed_dim=backbone.embed_dim, text_width=backbone.text_width, vision_width=backbone.vision_width,
                    text_layers=len(backbone.model.transformer.resblocks),
@@ -54,7 +54,7 @@ class TowerDims:
                    context_length=backbone.context_length)
 
     @classmethod
-    def from_model_config(cls, name: str) -> "TowerDims":
+    def from_model_config(cls, name: str) -> TowerDims:
         """Dims of an open_clip config (``ViT-B-16``) without building the model (no weights, no memory)."""
         config = open_clip.get_model_config(name)
         if config is None:

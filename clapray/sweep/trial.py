@@ -23,7 +23,7 @@ import ray.train.torch
 import ray.tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from clapray.config import RunConfig, from_mapping
+from clapray.sweep.spec import TrialIdentity, TrialSpec, WorkerPlan, trial_run_config
 
 # Fault injection for tests and drills: "TASK:MARKER" makes the worker raise right after finishing task
 # TASK, once (the marker file records that it happened), e.g. CLAPRAY_FAIL_AFTER_TASK=2:/tmp/failed-once.
@@ -51,7 +51,7 @@ def task_metrics(result, num_tasks: int) -> dict[str, Any]:
     phndd = result.phndd
     return {
         "task": result.task, "tasks_done": result.task + 1, "num_tasks": num_tasks,
-        "acc": result.last_acc, "last_acc": result.last_acc, "avg_acc": result.avg_acc,
+        "last_acc": result.last_acc, "avg_acc": result.avg_acc,
         "bwt": result.bwt if math.isfinite(result.bwt) else 0.0, "ece": result.ece,
         "ece_per_batch": result.ece_per_batch,
         "phndd_auroc": phndd.auroc if phndd else float("nan"),
@@ -61,33 +61,29 @@ def task_metrics(result, num_tasks: int) -> dict[str, Any]:
 
 def train_worker(loop_config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker: the learner's remaining tasks, reporting after each."""
-    from clapray.learner import ContinualLearner, TrainingDiverged
-    from clapray.results import RunWriter
-
     import torch
 
+    from clapray.learner import ContinualLearner, TrainingDiverged
+
+    plan: WorkerPlan = loop_config["plan"]
+    spec, identity, cfg = plan.spec, plan.identity, plan.run
     # One intra-op thread per CPU the worker was given: the default (all cores) oversubscribes a node
     # running several trials and can make a CPU trial 20x slower.
-    torch.set_num_threads(max(1, int(loop_config["cpus_per_worker"])))
-    context = ray.train.get_context()
-    rank = context.get_world_rank()
-    cfg: RunConfig = from_mapping(RunConfig, loop_config["run"], f"trial {loop_config['trial_id']}")
+    torch.set_num_threads(max(1, int(spec.cpus_per_worker)))
+    rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
     features = None
-    if loop_config.get("features") is not None:
+    if plan.features is not None:
         # The embeddings the sweep computed once, straight from Ray's object store (any node).
         from clapray.features.provide import from_shareable
 
-        features = from_shareable(ray.get(loop_config["features"][0]))
-    learner = ContinualLearner(cfg, device=device, features=features, feature_store=loop_config["feature_store"])
+        features = from_shareable(ray.get(plan.features[0]))
+    learner = ContinualLearner(cfg, device=device, features=features, feature_store=spec.feature_store)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             learner.load(Path(folder) / "learner.pt")
-    writer = None
-    if rank == 0:
-        writer = RunWriter(loop_config["store"], loop_config["run_id"], cfg, ids=loop_config["ids"],
-                           provenance=learner.provenance())
+    writer = identity.open_writer(spec.store, cfg, learner.provenance()) if rank == 0 else None
     start = time.perf_counter()
     for task in range(learner.tasks_done, learner.num_tasks):
         try:
@@ -97,7 +93,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             if writer is not None:
                 writer.mark("error", str(err))
             ray.train.report({"tasks_done": task, "diverged": True, "num_tasks": learner.num_tasks,
-                              loop_config["metric"]: float("nan")})
+                              spec.metric: float("nan")})
             return
         with tempfile.TemporaryDirectory() as folder:
             report_checkpoint = None
@@ -108,39 +104,28 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                 report_checkpoint = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(task_metrics(result, learner.num_tasks), checkpoint=report_checkpoint,
                              checkpoint_dir_name=f"task_{task:03d}")
-        maybe_inject_failure(task, loop_config["run_id"])
+        maybe_inject_failure(task, identity.run_id)
 
 
 def trial_driver(config: dict[str, Any], feature_refs: dict[str, list[Any]] | None = None) -> None:
     """The Tune trial: build and fit the trial's TorchTrainer."""
-    trial_id = ray.tune.get_context().get_trial_id()
-    spec = config["trainer"]
-    run_id = f"trial-{trial_id}"
     from clapray.features.provide import feature_group
 
-    group = feature_group(from_mapping(RunConfig, config["run"], f"trial {trial_id}"))
-    loop_config = {
-        # A one-element list, so the reference itself (not the features) travels in the config.
-        "features": (feature_refs or {}).get(group), "feature_store": spec["feature_store"],
-        "run": config["run"], "trial_id": trial_id, "run_id": run_id, "store": spec["store"],
-        "metric": spec["metric"], "cpus_per_worker": spec["cpus_per_worker"],
-        "ids": {"sweep": spec["sweep"], "cell": config["cell"], "trial_id": trial_id, "seed": int(config["seed"]),
-                "configuration": config["configuration"]},
-    }
-    use_gpu = spec["gpus_per_worker"] > 0
-    resources = {"CPU": spec["cpus_per_worker"]}
-    if use_gpu:
-        resources["GPU"] = spec["gpus_per_worker"]
+    trial_id = ray.tune.get_context().get_trial_id()
+    spec: TrialSpec = config["trainer"]
+    cfg = trial_run_config(config, trial_id)
+    plan = WorkerPlan(spec=spec, identity=TrialIdentity.of(spec.sweep, trial_id, config), run=cfg,
+                      features=(feature_refs or {}).get(feature_group(cfg)))
     trainer = ray.train.torch.TorchTrainer(
         train_worker,
-        train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(num_workers=spec["workers_per_trial"], use_gpu=use_gpu,
-                                               resources_per_worker=resources),
+        train_loop_config={"plan": plan},
+        scaling_config=ray.train.ScalingConfig(num_workers=spec.workers_per_trial, use_gpu=spec.gpus_per_worker > 0,
+                                               resources_per_worker=spec.worker_resources()),
         run_config=ray.train.RunConfig(
             # Deterministic name: a restarted trial finds its Train run and resumes from its checkpoint.
             name=f"train-{trial_id}",
-            storage_path=spec["train_storage"],
-            failure_config=ray.train.FailureConfig(max_failures=spec["retries"]),
+            storage_path=spec.train_storage,
+            failure_config=ray.train.FailureConfig(max_failures=spec.retries),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=[TuneReportCallback()],
         ),

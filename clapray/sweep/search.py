@@ -23,7 +23,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from clapray.sweep_config import Distribution, SweepConfig
+from clapray.sweep.model import Distribution, SweepConfig
 
 OBJECTIVE = "objective"  # the name under which a configuration's seed-mean metric is told to Optuna
 

@@ -1,41 +1,21 @@
-"""``python -m clapray.sweep sweeps/X.yaml``: a Ray Tune + Optuna + Ray Train sweep of CLAP4CLIP runs.
+"""The sweep driver: one Ray Tune + Optuna + Ray Train run over every cell of a sweep.
 
 One Tune trial per (cell, sampled configuration, seed); each trial runs the full task sequence in a Ray
 Train ``TorchTrainer`` and reports after every task, so ASHA rungs are task boundaries. Results land in
 the Parquet store ``<storage>/<sweep name>/{runs,tasks,accuracy}`` as each task finishes. Running the
 same command on an existing sweep resumes it: finished trials are not run again.
-
-    python -m clapray.sweep sweeps/quickstart.yaml               # a local Ray on this machine
-    python -m clapray.sweep sweeps/ablation.yaml --dry-run       # cells, space and trial count; no Ray
-    python -m clapray.sweep sweeps/ablation.yaml --address auto --storage s3://bucket/prefix   # on a cluster
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 from collections import Counter
-from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
-from clapray.errors import UserError, exit_on_user_error
-from clapray.sweep_config import SweepConfig, describe, load_sweep_config
-
-DEFAULT_SWEEP = "sweeps/quickstart.yaml"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m clapray.sweep", description=__doc__.split("\n\n")[0])
-    parser.add_argument("sweep", nargs="?", default=DEFAULT_SWEEP, help=f"sweep YAML (default {DEFAULT_SWEEP})")
-    parser.add_argument("--dry-run", action="store_true", help="print cells, space and trial count; start nothing")
-    parser.add_argument("--address", help="Ray cluster to connect to ('auto' on a cluster head); default: local")
-    parser.add_argument("--storage", help="override the YAML's storage (local path or s3://bucket/prefix)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override a sweep field, e.g. --set search.trials_per_cell=2")
-    return parser
+from clapray.sweep.model import SweepConfig
+from clapray.sweep.spec import TrialSpec
 
 
 def sweep_root(sweep: SweepConfig) -> str:
@@ -116,15 +96,15 @@ def _share_features(sweep: SweepConfig, store_root: str, out) -> dict[str, list[
     return {group: [ref] for group, ref in refs.items()}
 
 
-def run_sweep(sweep: SweepConfig, *, address: str | None = None, out=None) -> "Any":
+def run_sweep(sweep: SweepConfig, *, address: str | None = None, out=None) -> Any:
     """Run (or resume) ``sweep``; returns Ray Tune's ResultGrid."""
     configure_ray_environment()
     import ray
     import ray.tune
 
-    from clapray.sweep_callbacks import ProgressPrinter, StoreStatusCallback
-    from clapray.sweep_search import CellSearch, PerCellASHA
-    from clapray.sweep_trial import trial_driver
+    from clapray.sweep.callbacks import ProgressPrinter, StoreStatusCallback
+    from clapray.sweep.search import CellSearch, PerCellASHA
+    from clapray.sweep.trial import trial_driver
 
     out = out or sys.stdout
     num_tasks = cell_task_counts(sweep)
@@ -138,15 +118,13 @@ def run_sweep(sweep: SweepConfig, *, address: str | None = None, out=None) -> "A
             # A local Ray: the trial drivers use a logical resource so they never compete with the Train
             # workers for this machine's CPUs; on a cluster the head node advertises it (cluster/aws.yaml).
             ray.init(resources={"train_driver": 1000}, log_to_driver=False, include_dashboard=None)
-    trainer_spec = {
-        "sweep": sweep.name, "store": root, "train_storage": f"{root}/train_runs", "metric": sweep.search.metric,
-        "workers_per_trial": res.workers_per_trial, "gpus_per_worker": res.gpus_per_worker,
-        "cpus_per_worker": res.cpus_per_worker, "retries": sweep.retries, "feature_store": f"{root}/feature_cache",
-    }
-    feature_refs = _share_features(sweep, trainer_spec["feature_store"], out)
+    spec = TrialSpec(sweep=sweep.name, store=root, metric=sweep.search.metric,
+                     workers_per_trial=res.workers_per_trial, gpus_per_worker=res.gpus_per_worker,
+                     cpus_per_worker=res.cpus_per_worker, retries=sweep.retries)
+    feature_refs = _share_features(sweep, spec.feature_store, out)
     trainable = ray.tune.with_resources(ray.tune.with_parameters(trial_driver, feature_refs=feature_refs),
                                         {"cpu": 0, "train_driver": 1})
-    callbacks = [ProgressPrinter(sweep, num_tasks, out=out), StoreStatusCallback(root, num_tasks)]
+    callbacks = [ProgressPrinter(sweep, num_tasks, out=out), StoreStatusCallback(spec, num_tasks)]
     tune_run_config = ray.tune.RunConfig(
         name=sweep.name, storage_path=sweep.storage_path(), verbose=0, callbacks=callbacks,
         failure_config=ray.tune.FailureConfig(max_failures=sweep.retries))
@@ -154,12 +132,12 @@ def run_sweep(sweep: SweepConfig, *, address: str | None = None, out=None) -> "A
     if ray.tune.Tuner.can_restore(experiment):
         print(f"resuming sweep {sweep.name} from {experiment}", file=out)
         tuner = ray.tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True,
-                                       param_space={"trainer": trainer_spec})
+                                       param_space={"trainer": spec})
     else:
         scheduler = PerCellASHA(sweep, num_tasks=num_tasks) if sweep.scheduler is not None else None
         tuner = ray.tune.Tuner(
             trainable,
-            param_space={"trainer": trainer_spec},
+            param_space={"trainer": spec},
             tune_config=ray.tune.TuneConfig(
                 search_alg=CellSearch(sweep, num_tasks=num_tasks), scheduler=scheduler,
                 num_samples=sweep.trial_count(), max_concurrent_trials=res.max_concurrent_trials,
@@ -172,23 +150,3 @@ def run_sweep(sweep: SweepConfig, *, address: str | None = None, out=None) -> "A
     print(f"sweep {sweep.name}: {states[True]} complete, {states[False]} incomplete trials in "
           f"{time.perf_counter() - start:.0f}s; results in {root}/{{runs,tasks,accuracy}}", file=out)
     return grid
-
-
-@exit_on_user_error
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    path = Path(args.sweep)
-    if not path.exists():
-        raise UserError(f"{path}: no such sweep file")
-    sweep = load_sweep_config(path, args.overrides)
-    if args.storage:
-        sweep = replace(sweep, storage=args.storage)
-    if args.dry_run:
-        print(describe(sweep))
-        return 0
-    grid = run_sweep(sweep, address=args.address)
-    return 0 if not grid.errors else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

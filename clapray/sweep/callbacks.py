@@ -11,23 +11,15 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 from ray.tune import Callback
 
-from clapray.config import RunConfig, from_mapping
+from clapray.sweep.spec import TrialIdentity, TrialSpec, trial_run_config
 
 # The states a trial is counted in, in the order the progress lines give them.
 TRIAL_STATES = ("done", "running", "pending", "stopped", "failed")
-
-
-def trial_ids(trial) -> tuple[str, dict]:
-    """The run id and id columns a trial writes under (the same as :mod:`clapray.sweep_trial` uses)."""
-    config = trial.config
-    ids = {"sweep": config["trainer"]["sweep"], "cell": config["cell"], "trial_id": trial.trial_id,
-           "seed": int(config["seed"]), "configuration": config["configuration"]}
-    return f"trial-{trial.trial_id}", ids
 
 
 @dataclass(frozen=True)
@@ -113,7 +105,7 @@ class ProgressPrinter(Callback):
         cell = trial.config["cell"]
         running = (trial, TrialState(cell, "running"))
         self._print(f"{cell}  {trial.trial_id}  seed {trial.config['seed']}  task {result['tasks_done']}/"
-                    f"{self.num_tasks[cell]}  acc {result.get('acc', float('nan')):6.2f}  "
+                    f"{self.num_tasks[cell]}  acc {result.get('last_acc', float('nan')):6.2f}  "
                     f"avg {result.get('avg_acc', float('nan')):6.2f}  {self._summary(trials, cell, running)}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -137,16 +129,15 @@ class ProgressPrinter(Callback):
 class StoreStatusCallback(Callback):
     """Record in ``runs`` what only the driver knows: a trial stopped early by ASHA, or failed for good."""
 
-    def __init__(self, store: str, num_tasks: dict[str, int]):
-        self.store = store
+    def __init__(self, spec: TrialSpec, num_tasks: dict[str, int]):
+        self.spec = spec
         self.num_tasks = num_tasks
 
     def _writer(self, trial):
-        from clapray.results import RunWriter
-
-        run_id, ids = trial_ids(trial)
-        cfg = from_mapping(RunConfig, trial.config["run"], f"trial {trial.trial_id}")
-        return RunWriter(self.store, run_id, cfg, ids=ids)
+        # The same identity and writer as the trial's own workers; no provenance given, so the row keeps
+        # what the workers recorded (dataset fingerprint, trainable parameters, feature cache).
+        identity = TrialIdentity.of(self.spec.sweep, trial.trial_id, trial.config)
+        return identity.open_writer(self.spec.store, trial_run_config(trial.config, trial.trial_id))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result or {}

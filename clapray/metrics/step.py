@@ -10,7 +10,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from clapray import metrics
+from clapray.metrics.accuracy import (
+    average_incremental_accuracy,
+    backward_transfer,
+    last_accuracy,
+    stack_accuracy_rows,
+    task_aware_predictions,
+)
+from clapray.metrics.calibration import CalibrationBins, calibration_bins, per_batch_ece
+from clapray.metrics.novelty import phndd_at_step
 from clapray.task_result import NoveltyDetection, ReliabilityBins
 
 
@@ -32,7 +40,7 @@ def step_metrics(seen_logits: torch.Tensor | np.ndarray, targets: np.ndarray, ta
     logits = torch.as_tensor(seen_logits, dtype=torch.float32)
     preds = logits.argmax(dim=1).numpy()
     probs = torch.softmax(logits, dim=1).numpy()
-    aware_preds = metrics.task_aware_predictions(logits.numpy(), targets, task_of_class)
+    aware_preds = task_aware_predictions(logits.numpy(), targets, task_of_class)
 
     row, aware_row, counts = [], [], []
     batch_ece_sum, n_batches = 0.0, 0
@@ -45,29 +53,29 @@ def step_metrics(seen_logits: torch.Tensor | np.ndarray, targets: np.ndarray, ta
         if n:
             # Official protocol: ECE per batch of one task's test loader, averaged over all batches.
             task_batches = -(-n // batch_size)
-            batch_ece_sum += task_batches * metrics.per_batch_ece(probs[in_task], targets[in_task],
+            batch_ece_sum += task_batches * per_batch_ece(probs[in_task], targets[in_task],
                                                                   batch_size=batch_size, n_bins=ece_bins)
             n_batches += task_batches
     history.append(row)
-    acc = metrics.stack_accuracy_rows(history)
+    acc = stack_accuracy_rows(history)
 
     phndd = None
     if future_logits is not None and len(future_logits):
-        detection = metrics.phndd_at_step(logits, torch.as_tensor(future_logits, dtype=torch.float32))
+        detection = phndd_at_step(logits, torch.as_tensor(future_logits, dtype=torch.float32))
         phndd = NoveltyDetection(auroc=float(detection.auroc), aupr=float(detection.aupr),
-                                 fpr95=float(detection.fpr95_nearest), fpr95_at_least=float(detection.fpr95))
+                                 fpr95=float(detection.fpr95), fpr95_at_least=float(detection.fpr95_at_least))
     # One binning gives both the ECE and the reliability diagram's data, so the two always agree.
-    bins = metrics.calibration_bins(probs, targets, n_bins=ece_bins)
+    bins = calibration_bins(probs, targets, n_bins=ece_bins)
     return dict(
         accuracy_row=tuple(row), task_aware_row=tuple(aware_row), n_eval=tuple(counts),
-        last_acc=float(metrics.last_accuracy(acc)), avg_acc=float(metrics.average_incremental_accuracy(acc)),
-        bwt=float(metrics.backward_transfer(acc)) if step > 0 else float("nan"),
+        last_acc=float(last_accuracy(acc)), avg_acc=float(average_incremental_accuracy(acc)),
+        bwt=float(backward_transfer(acc)) if step > 0 else float("nan"),
         ece=float(bins.ece), ece_per_batch=batch_ece_sum / max(n_batches, 1), phndd=phndd,
         calibration=reliability_bins(bins))
 
 
-def reliability_bins(bins: metrics.CalibrationBins) -> ReliabilityBins:
-    """The non-empty rows of :func:`clapray.metrics.calibration_bins`, as plain data for a TaskResult."""
+def reliability_bins(bins: CalibrationBins) -> ReliabilityBins:
+    """The non-empty rows of :func:`clapray.metrics.calibration.calibration_bins`, as plain data for a TaskResult."""
     keep = np.flatnonzero(bins.count > 0)
     return ReliabilityBins(
         n_bins=len(bins.count) - 1, bin=tuple(int(b) for b in keep),

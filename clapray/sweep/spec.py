@@ -1,0 +1,99 @@
+"""What crosses the Ray boundary in a sweep: typed, frozen, built once.
+
+* :class:`TrialSpec`: what every trial of a sweep shares (where it writes, what it optimises, what one trial
+  occupies); the driver builds it once and Ray Tune hands it to every trial.
+* :class:`TrialIdentity`: who a trial is in the results store (its run id and the id columns of every row it
+  writes), built by :meth:`TrialIdentity.of` from the trial id and the searcher's suggestion, the one rule
+  the trial's workers and the driver's callbacks share, so both write to the same rows.
+* :class:`WorkerPlan`: what one trial's Ray Train workers receive: the spec, the identity, the run config
+  (parsed once, on the trial driver) and the reference to the shared frozen features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from clapray.config import RunConfig
+from clapray.results import RunWriter
+from clapray.task_result import RunProvenance
+from clapray.typed_config import from_mapping
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """The settings every trial of one sweep shares."""
+
+    sweep: str  # the sweep's name
+    store: str  # <storage>/<sweep>: the results store, checkpoints and the feature cache live under it
+    metric: str  # reported metric the searcher and the scheduler optimise
+    workers_per_trial: int
+    gpus_per_worker: float
+    cpus_per_worker: int
+    retries: int  # times Ray Train restarts a failed worker group from the last task's checkpoint
+
+    @property
+    def train_storage(self) -> str:
+        """Where Ray Train keeps each trial's run state and per-task checkpoints."""
+        return f"{self.store}/train_runs"
+
+    @property
+    def feature_store(self) -> str:
+        """Where the frozen-feature cache entries of the sweep are kept."""
+        return f"{self.store}/feature_cache"
+
+    def worker_resources(self) -> dict[str, float]:
+        """Ray resources of one Train worker."""
+        resources: dict[str, float] = {"CPU": self.cpus_per_worker}
+        if self.gpus_per_worker > 0:
+            resources["GPU"] = self.gpus_per_worker
+        return resources
+
+
+@dataclass(frozen=True)
+class TrialIdentity:
+    """A trial's place in the results store: ``run_id`` names its files, the rest are id columns."""
+
+    sweep: str
+    cell: str
+    trial_id: str
+    seed: int
+    configuration: str
+
+    @classmethod
+    def of(cls, sweep: str, trial_id: str, config: Mapping[str, Any]) -> TrialIdentity:
+        """The identity of Ray Tune trial ``trial_id`` whose searcher suggestion is ``config``."""
+        return cls(sweep=sweep, cell=str(config["cell"]), trial_id=str(trial_id), seed=int(config["seed"]),
+                   configuration=str(config["configuration"]))
+
+    @property
+    def run_id(self) -> str:
+        return f"trial-{self.trial_id}"
+
+    def ids(self) -> dict[str, Any]:
+        """The id columns of every row the trial writes, in store order."""
+        return {"sweep": self.sweep, "cell": self.cell, "trial_id": self.trial_id, "seed": self.seed,
+                "configuration": self.configuration}
+
+    def open_writer(self, store: str, cfg: RunConfig, provenance: RunProvenance | None = None) -> RunWriter:
+        """The trial's run writer: the one way a sweep writes a trial's rows. Without ``provenance`` (the
+        driver recording a stopped or failed trial) the store's values are kept."""
+        return RunWriter(store, self.run_id, cfg, ids=self.ids(), provenance=provenance)
+
+
+def trial_run_config(config: Mapping[str, Any], trial_id: str) -> RunConfig:
+    """The run config of a trial from its searcher suggestion (a plain mapping, as Ray Tune records it)."""
+    return from_mapping(RunConfig, config["run"], f"trial {trial_id}")
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """Everything a trial's Train workers need; pickled once into ``train_loop_config``."""
+
+    spec: TrialSpec
+    identity: TrialIdentity
+    run: RunConfig
+    # A one-element list holding the ObjectRef of the shared features (or None): the reference itself
+    # travels, not the array.
+    features: list[Any] | None = None

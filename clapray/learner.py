@@ -26,6 +26,7 @@ object.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import resource
@@ -509,6 +510,29 @@ class ContinualLearner:
                                    setup)[0]
         return step_metrics(logits, targets, tasks, task, setup.task_of_class, self._acc_rows,
                             batch_sizes=seen.batch_sizes, ece_bins=options.ece_bins, future_logits=future)
+
+    def reevaluate(self, *, seed: int, mc_samples: int | None = None, order: str | None = None) -> dict[str, Any]:
+        """Evaluate the current model on every seen task again, with the Monte-Carlo draws of ``seed`` (and
+        optionally another M or batch order): the spread over seeds is the evaluation noise of a number.
+
+        Changes no state of the run (history, accuracy rows, RNG streams); returns the fields
+        :meth:`evaluate_task` returns (``last_acc``, ``avg_acc`` over this evaluation's row only, ...).
+        """
+        if self.tasks_done == 0:
+            raise RuntimeError("reevaluate needs a learned task")
+        cfg = self.cfg
+        changed = dataclasses.replace(
+            cfg, method=dataclasses.replace(cfg.method, mc_samples_eval=mc_samples or cfg.method.mc_samples_eval),
+            eval=dataclasses.replace(cfg.eval, order=order or cfg.eval.order))
+        rows = self._acc_rows
+        try:
+            self.cfg, self._acc_rows = changed, [list(r) for r in rows[:-1]]
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                torch.manual_seed(derive_seed(seed, "reevaluate"))
+                task = self.tasks_done - 1
+                return self.evaluate_task(task, self.setup_task(task))
+        finally:
+            self.cfg, self._acc_rows = cfg, rows
 
     # ------------------------------------------------------------------------------------------------
     # Bookkeeping

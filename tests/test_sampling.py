@@ -89,3 +89,24 @@ def test_the_learner_evaluates_in_the_planned_batches(one_thread, order):
         assert not np.array_equal(seen, scenario.eval_indices(0))
         # The future tasks are one shuffled stream: its first batches already mix tasks 1 and 2.
         assert list(tasks_of[future]) != sorted(tasks_of[future])
+
+
+def test_reevaluate_draws_again_without_touching_the_run(one_thread):
+    cfg = load_run_config(default_config_path(), [
+        "backbone.model=clapray-tiny-vit", "backbone.pretrained=null", "data.shapes.num_classes=4",
+        "data.shapes.train_per_class=3", "data.shapes.test_per_class=6", "data.num_tasks=2",
+        "optim.batch_size=4", "optim.epochs=1", "method.vga.ff_dim=32", "method.mc_samples_train=1",
+        "method.mc_samples_eval=3"])
+    learner = ContinualLearner(cfg)
+    learner.run()
+    history, rows = [r.to_dict() for r in learner.history], [list(r) for r in learner._acc_rows]
+    import torch
+
+    state = torch.get_rng_state()
+    a, again, b = (learner.reevaluate(seed=s) for s in (0, 0, 1))
+    assert a == again  # the same draws for the same seed
+    assert a["ece_per_batch"] != b["ece_per_batch"]  # other draws, other numbers
+    assert learner.reevaluate(seed=0, order="sorted", mc_samples=1)["ece_per_batch"] != a["ece_per_batch"]
+    # Nothing of the run changed: history, accuracy rows, the global RNG stream, the config.
+    assert [r.to_dict() for r in learner.history] == history and learner._acc_rows == rows
+    assert torch.equal(torch.get_rng_state(), state) and learner.cfg is cfg

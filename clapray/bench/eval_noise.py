@@ -34,7 +34,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         samples = [int(v) for v in args.samples.split(",")]
     except ValueError:
-        raise UserError(f"bench eval-noise: --samples: expected integers separated by commas, got {args.samples!r}") from None
+        raise UserError("bench eval-noise: --samples: expected integers separated by commas, "
+                        f"got {args.samples!r}") from None
     orders = args.orders.split(",")
     if any(o not in ("sorted", "shuffled") for o in orders) or any(m < 1 for m in samples):
         raise UserError("bench eval-noise: --orders takes sorted and/or shuffled, --samples integers >= 1")

@@ -23,6 +23,8 @@ def describe(sweep: SweepConfig) -> str:
               else f"{search.trials_per_cell or 1} configuration(s) per cell")
     row("search", f"{search.algorithm} (seed {search.seed}), {'maximise' if search.mode == 'max' else 'minimise'} "
         f"{search.metric}, {budget}")
+    row("studies", f"one Optuna study per cell in {sweep.storage.rstrip('/')}/{sweep.name}/optuna.journal "
+        "(optuna-dashboard <that file>)")
     row("seeds", ", ".join(map(str, sweep.seeds)) + f" (seeds.init; class order from seeds.class_order = "
         f"{sweep.base.seeds.class_order})")
     if sweep.scheduler is None:
@@ -56,6 +58,8 @@ def describe(sweep: SweepConfig) -> str:
             f"{param.field:<{width}}  {param.distribution.describe()}{conditions(param, True)}")
     for i, copy in enumerate(search.same_as):
         row("same_as" if i == 0 else "", f"{copy.target:<{width}}  = {copy.source}")
+    for i, point in enumerate(search.start_from):
+        row("start_from" if i == 0 else "", ", ".join(f"{k}={format_value(v)}" for k, v in point.values.items()))
 
     cells = sweep.cells()
     lines.append(f"cells ({len(cells)}):")

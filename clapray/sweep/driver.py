@@ -104,6 +104,7 @@ def run_sweep(sweep: SweepConfig, *, address: str | None = None, out=None) -> An
 
     from clapray.sweep.callbacks import ProgressPrinter, StoreStatusCallback
     from clapray.sweep.search import CellSearch, PerCellASHA
+    from clapray.sweep.studies import StudyJournal
     from clapray.sweep.trial import trial_driver
 
     out = out or sys.stdout
@@ -139,7 +140,7 @@ def run_sweep(sweep: SweepConfig, *, address: str | None = None, out=None) -> An
             trainable,
             param_space={"trainer": spec},
             tune_config=ray.tune.TuneConfig(
-                search_alg=CellSearch(sweep, num_tasks=num_tasks), scheduler=scheduler,
+                search_alg=CellSearch(sweep, num_tasks=num_tasks, journal=StudyJournal(root)), scheduler=scheduler,
                 num_samples=sweep.trial_count(), max_concurrent_trials=res.max_concurrent_trials,
                 metric=sweep.search.metric, mode=sweep.search.mode),
             run_config=tune_run_config)

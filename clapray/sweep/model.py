@@ -168,11 +168,23 @@ class Cell:
 
 
 @dataclass(frozen=True)
-class SearchConfig(TypedConfig):
-    """How configurations are sampled inside every cell (Optuna through Ray Tune)."""
+class StartPoint:
+    """A configuration every cell evaluates first (``search.start_from``, e.g. the paper's defaults).
 
-    algorithm: Literal["tpe", "random", "grid"] = config_field(
-        "tpe", doc="Optuna sampler: tpe, random, or grid (every combination of a finite space)")
+    ``values`` maps search parameters to values inside their distributions; a cell drops the parameters that
+    are not active in it and samples any active parameter the point does not name.
+    """
+
+    values: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class SearchConfig(TypedConfig):
+    """How configurations are sampled inside every cell (one persisted Optuna study per cell)."""
+
+    algorithm: Literal["tpe", "random", "grid", "gp", "cmaes"] = config_field(
+        "tpe", doc="Optuna sampler: tpe, random, grid (every combination of a finite space), gp (Gaussian "
+        "process, for small budgets) or cmaes (CMA-ES; choice parameters are sampled at random)")
     seed: int = config_field(0, doc="seed of the sampler", ge=0)
     metric: str = config_field("avg_acc", doc="reported metric the searcher and the scheduler optimise",
                          choices=REPORTED_METRICS)
@@ -184,6 +196,9 @@ class SearchConfig(TypedConfig):
     space: tuple[Param, ...] = config_field(factory=tuple, doc="the sampled parameters in sampling order: file "
                                       "order, each after the parameters its `when` names")
     same_as: tuple[SameAs, ...] = config_field(factory=tuple, doc="fields copied from another field, in order")
+    start_from: tuple[StartPoint, ...] = config_field(
+        factory=tuple, doc="configurations every cell evaluates first, in order (a warm start, e.g. the "
+        "paper's defaults): mappings of search parameters to values; they count towards trials_per_cell")
 
     def check(self) -> None:
         if self.mode is None:
@@ -402,6 +417,7 @@ class SweepConfig:
                 "mode": self.search.mode, "trials_per_cell": self.search.trials_per_cell,
                 "space": {p.field: p.to_spec() for p in self.search.space},
                 "same_as": {s.target: s.source for s in self.search.same_as},
+                "start_from": [{k: plain(v) for k, v in p.values.items()} for p in self.search.start_from],
             },
             "seeds": list(self.seeds),
             "scheduler": None if self.scheduler is None else {"asha": self.scheduler.to_dict()},

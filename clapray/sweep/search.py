@@ -1,47 +1,53 @@
-"""How a sweep chooses and stops trials: one Optuna search and one ASHA per cell, inside one Ray Tune run.
+"""How a sweep chooses and stops trials: one Optuna study and one ASHA per cell, inside one Ray Tune run.
 
 Cells (e.g. variant x setting) are separate experiments: a configuration is only ever compared with
 configurations of its own cell. Running one Tuner per cell would leave GPUs idle while the last cell
 finishes, so a single Tuner runs every cell concurrently and these two objects route each trial to its
 cell's own searcher and scheduler:
 
-* :class:`CellSearch` keeps one Ray Tune ``OptunaSearch`` per cell (conditional define-by-run space,
-  seeded TPE / random / grid sampler). It interleaves the cells so each gets the same trial budget and
-  runs each sampled configuration once per seed; Optuna is told the mean over seeds of the final metric,
-  PRUNED when any seed was stopped early, FAIL when one failed.
+* :class:`CellSearch` keeps one Optuna study per cell, persisted in the sweep's journal
+  (:mod:`clapray.sweep.studies`; open it with ``optuna-dashboard <store>/optuna.journal``), with a
+  conditional define-by-run space and a seeded sampler (TPE, random, grid, GP or CMA-ES). It asks and tells
+  the studies itself, interleaves the cells so each gets the same trial budget, evaluates the
+  ``search.start_from`` points first and runs each sampled configuration once per seed; a study is told
+  the mean over seeds of the final metric, PRUNED when any seed was stopped early, FAIL when one failed.
+  Its checkpoint (taken by Ray Tune) keeps the samplers, so a resumed sweep continues their random streams
+  and the same studies.
 * :class:`PerCellASHA` keeps one ASHA per cell, with task boundaries as rungs.
 """
 
 from __future__ import annotations
 
 import math
+import pickle
 from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
-from ray.tune.search.optuna import OptunaSearch
 
+from clapray.sweep.fields import axis_conditions_hold
 from clapray.sweep.model import Distribution, SweepConfig
-
-OBJECTIVE = "objective"  # the name under which a configuration's seed-mean metric is told to Optuna
+from clapray.sweep.studies import StudyJournal, study_name
 
 
 class CellSpace:
-    """Define-by-run search space of one cell (module level, so Tune can pickle it with the searcher)."""
+    """Define-by-run search space of one cell."""
 
     def __init__(self, sweep: SweepConfig, cell_name: str):
         self.sweep = sweep
         self.cell_name = cell_name
 
-    def __call__(self, trial: optuna.Trial) -> None:
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
         cell = self.sweep.cell(self.cell_name)
         sampled: dict[str, Any] = {}
         for name, dist in self.sweep.active_space(cell).items():
             if not self.sweep.is_active(name, cell, sampled):
                 continue
             sampled[name] = suggest(trial, name, dist)
+        return sampled
 
 
 def suggest(trial: optuna.Trial, name: str, dist: Distribution) -> Any:
@@ -55,46 +61,80 @@ def suggest(trial: optuna.Trial, name: str, dist: Distribution) -> Any:
 def make_sampler(sweep: SweepConfig, cell_index: int, cell_name: str) -> optuna.samplers.BaseSampler:
     """The cell's sampler, seeded from the sweep seed and the cell's position."""
     seed = sweep.search.seed * 1000 + cell_index
-    if sweep.search.algorithm == "random":
+    algorithm = sweep.search.algorithm
+    if algorithm == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    if sweep.search.algorithm == "grid":
+    if algorithm == "grid":
         # BruteForce enumerates conditional spaces exactly (GridSampler cannot express `when:`).
         return optuna.samplers.BruteForceSampler(seed=seed)
     trials = sweep.trials_for(sweep.cell(cell_name))
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, trials // 2)))
+    startup = min(10, max(2, trials // 2))
+    if algorithm == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
+    if algorithm == "cmaes":
+        # CMA-ES samples numeric parameters; the others (choices, conditional ones) come from a seeded
+        # random sampler, as Optuna documents.
+        return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup, warn_independent_sampling=False,
+                                            independent_sampler=optuna.samplers.RandomSampler(seed=seed))
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
 
 
 @dataclass
 class _Configuration:
-    """One sampled configuration of a cell and the trials running it, one per seed."""
+    """One sampled configuration of a cell (one Optuna trial) and the Tune trials running it, one per seed."""
 
     key: str
     cell: str
     params: dict[str, Any]
     seeds_left: list[int]
+    number: int | None = None  # the Optuna trial number in the cell's study; None when nothing is sampled
     outcomes: dict[int, float | None] = field(default_factory=dict)  # seed -> final metric, None = stopped
     failed: bool = False
+    told: bool = False
 
 
 class CellSearch(Searcher):
-    """Interleave per-cell Optuna searches; repeat every configuration for every seed."""
+    """Interleave per-cell Optuna studies; repeat every configuration for every seed."""
 
-    def __init__(self, sweep: SweepConfig, *, num_tasks: dict[str, int]):
+    def __init__(self, sweep: SweepConfig, *, num_tasks: dict[str, int], journal: StudyJournal):
         super().__init__(metric=sweep.search.metric, mode=sweep.search.mode)
         self.sweep = sweep
         self.num_tasks = num_tasks  # cell -> tasks of its scenario, to tell complete from stopped trials
+        self.journal = journal
         self.cell_names = [c.name for c in sweep.cells()]
-        self.searchers: dict[str, OptunaSearch] = {}
-        for index, name in enumerate(self.cell_names):
-            if sweep.active_space(sweep.cell(name)):
-                self.searchers[name] = OptunaSearch(space=CellSpace(sweep, name), metric=OBJECTIVE,
-                                                    mode=sweep.search.mode,
-                                                    sampler=make_sampler(sweep, index, name))
+        self.samplers = {name: make_sampler(sweep, index, name) for index, name in enumerate(self.cell_names)
+                         if sweep.active_space(sweep.cell(name))}
         self.configs_started = {name: 0 for name in self.cell_names}
         self.trials_started = {name: 0 for name in self.cell_names}
         self.open: dict[str, _Configuration | None] = {name: None for name in self.cell_names}
         self.configurations: dict[str, _Configuration] = {}
         self.trial_configuration: dict[str, tuple[str, int]] = {}
+        self._studies: dict[str, optuna.Study] = {}
+
+    # ---- the studies
+
+    def study(self, cell: str) -> optuna.Study:
+        """The cell's study, created (with the start points queued) or loaded from the journal."""
+        if cell not in self._studies:
+            direction = "maximize" if self.sweep.search.mode == "max" else "minimize"
+            study = optuna.create_study(study_name=study_name(self.sweep.name, cell), storage=self.journal.storage,
+                                        sampler=self.samplers[cell], direction=direction, load_if_exists=True)
+            if not study.trials:
+                for point in self.sweep.search.start_from:
+                    values = self.point_in_cell(point.values, cell)
+                    if values:
+                        study.enqueue_trial(values, skip_if_exists=True)
+                self.journal.sync()
+            self._studies[cell] = study
+        return self._studies[cell]
+
+    def point_in_cell(self, values: dict[str, Any], cell: str) -> dict[str, Any]:
+        """The part of a start point that can be sampled in ``cell`` (parameters whose grid conditions hold)."""
+        the_cell = self.sweep.cell(cell)
+        params = self.sweep.params
+        return {k: v for k, v in values.items() if axis_conditions_hold(params[k], self.sweep.grid, the_cell)}
+
+    # ---- Ray Tune's searcher interface
 
     def quota(self, cell: str) -> int:
         return self.sweep.trials_for(cell) * len(self.sweep.seeds)
@@ -107,12 +147,16 @@ class CellSearch(Searcher):
         conf = self.open[cell]
         if conf is None or not conf.seeds_left:
             index = self.configs_started[cell]
-            key = f"{cell}#{index}"
-            params = self.searchers[cell].suggest(key) if cell in self.searchers else {}
-            if params is None or params == Searcher.FINISHED:
-                return None
-            conf = _Configuration(key=key, cell=cell, params=dict(params), seeds_left=list(self.sweep.seeds))
-            self.configurations[key] = conf
+            number, params = None, {}
+            if cell in self.samplers:
+                study = self.study(cell)
+                trial = study.ask()
+                params = CellSpace(self.sweep, cell)(trial)
+                number = trial.number
+                self.journal.sync()
+            conf = _Configuration(key=f"{cell}#{index}", cell=cell, params=params, seeds_left=list(self.sweep.seeds),
+                                  number=number)
+            self.configurations[conf.key] = conf
             self.open[cell] = conf
             self.configs_started[cell] += 1
         seed = conf.seeds_left.pop(0)
@@ -135,28 +179,41 @@ class CellSearch(Searcher):
         conf.failed |= error or bool(result and result.get("diverged", False))
         value = result.get(self.sweep.search.metric) if finished and result else None
         conf.outcomes[seed] = float(value) if value is not None and math.isfinite(value) else None
-        if len(conf.outcomes) < len(self.sweep.seeds) or conf.cell not in self.searchers:
+        if len(conf.outcomes) < len(self.sweep.seeds) or conf.number is None or conf.told:
             return
-        searcher = self.searchers[conf.cell]
-        values = list(conf.outcomes.values())
+        study, values = self.study(conf.cell), list(conf.outcomes.values())
         if conf.failed:
-            searcher.on_trial_complete(key, None, error=True)
+            study.tell(conf.number, state=TrialState.FAIL)
         elif any(v is None for v in values):
-            searcher.on_trial_complete(key, None, error=False)  # PRUNED: stopped early by ASHA
+            study.tell(conf.number, state=TrialState.PRUNED)  # stopped early by ASHA
         else:
-            searcher.on_trial_complete(key, {OBJECTIVE: sum(values) / len(values)})
+            study.tell(conf.number, sum(values) / len(values))
+        conf.told = True
+        self.journal.sync()
 
     def save(self, checkpoint_path: str) -> None:
-        import pickle
-
+        state = {k: v for k, v in self.__dict__.items() if k != "_studies"}
         with open(checkpoint_path, "wb") as fh:
-            pickle.dump(self.__dict__, fh)
+            pickle.dump(state, fh)
 
     def restore(self, checkpoint_path: str) -> None:
-        import pickle
-
+        # Tune's own searcher checkpoint, written by this process's predecessor next to the experiment
+        # state (the same trust as Tune's experiment state itself).
         with open(checkpoint_path, "rb") as fh:
             self.__dict__.update(pickle.load(fh))
+        self._studies = {}
+        self.release_orphans()
+
+    def release_orphans(self) -> None:
+        """Mark FAIL the study trials a killed driver asked for but never recorded in its checkpoint: they
+        will never be told, and a resumed sweep asks again in their place."""
+        known = {(c.cell, c.number) for c in self.configurations.values() if c.number is not None}
+        for cell in self.samplers:
+            study = self.study(cell)
+            for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if (cell, trial.number) not in known:
+                    study.tell(trial.number, state=TrialState.FAIL)
+        self.journal.sync()
 
 
 class PerCellASHA(FIFOScheduler):

@@ -23,7 +23,7 @@ from clapray.sweep.fields import (
     numeric_kinds,
     value_in,
 )
-from clapray.sweep.model import SETTING_AXIS, Distribution, Param, SameAs, SearchConfig
+from clapray.sweep.model import SETTING_AXIS, Distribution, Param, SameAs, SearchConfig, StartPoint
 from clapray.typed_config import from_mapping
 
 DISTRIBUTION_KINDS = ("int", "float", "choice")
@@ -47,7 +47,36 @@ class SearchSpaceLoading:
             space.append(self.load_param(name, spec, space, algorithm))
         data["space"] = tuple(space)
         data["same_as"] = self.load_same_as(data.get("same_as"), space)
+        data["start_from"] = self.load_start_from(data.get("start_from"), space, algorithm)
         return from_mapping(SearchConfig, data, self.source, "search.")
+
+    def load_start_from(self, data: Any, space: list[Param], algorithm: Any) -> tuple[StartPoint, ...]:
+        if data is None:
+            return ()
+        if algorithm == "grid":
+            raise self.fail("search.start_from", "no start points with algorithm grid (it runs every "
+                            "combination anyway)", None, got_text="start points")
+        if not isinstance(data, list):
+            raise self.fail("search.start_from", "a list of mappings of search parameters to values", data)
+        params = {p.field: p for p in space}
+        points = []
+        for i, point in enumerate(data):
+            label = f"search.start_from[{i}]"
+            point = self.mapping(point, label, "a mapping of search parameters to values")
+            if not point:
+                raise self.fail(label, "at least one search parameter", point)
+            values: dict[str, Any] = {}
+            for name, value in point.items():
+                if name not in params:
+                    raise self.fail(f"{label}.{name}", "a search parameter (" + ", ".join(params) + ")", None,
+                                    got_text="a field the search does not sample")
+                normalised = self.try_value(self.base, name, value, f"{label}.{name}")
+                if not params[name].distribution.contains(normalised):
+                    raise self.fail(f"{label}.{name}", f"a value of {params[name].distribution.describe()}",
+                                    value)
+                values[name] = normalised
+            points.append(StartPoint(values=values))
+        return tuple(points)
 
     def sampling_order(self, entries: Mapping[Any, Any]) -> list[tuple[Any, Any]]:
         """The space entries in file order, except that a parameter comes after those its ``when`` names

@@ -95,3 +95,18 @@ def data_files(fs: pafs.FileSystem, directory: str, suffix: str = ".parquet") ->
         if info.type == pafs.FileType.File and base.endswith(suffix) and not base.startswith((".", "_")):
             out.append(info.path)
     return sorted(out)
+
+
+def split_uri(root: str) -> tuple[str, str]:
+    """(path part, ``?query`` or ``""``) of a store root, so sub-paths go before the query."""
+    text = str(root)
+    if "://" in text and "?" in text:
+        path, _, query = text.partition("?")
+        return path.rstrip("/"), "?" + query
+    return text.rstrip("/") or "/", ""
+
+
+def child(root: str, name: str) -> str:
+    """``root/name`` for a local path or a URI with a query string (``s3://b/p?x=1`` -> ``s3://b/p/name?x=1``)."""
+    path, query = split_uri(root)
+    return f"{path}/{name}{query}"

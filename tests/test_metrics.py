@@ -482,10 +482,20 @@ def test_metrics_import_only_numpy_torch_the_stdlib_and_themselves():
             elif isinstance(node, ast.ImportFrom) and node.module:
                 imported.add(node.module)
     outside = {m for m in imported if not m.startswith("clapray.metrics")} - {"clapray.task_result"}
-    assert {m.split(".")[0] for m in outside} <= {"__future__", "collections", "dataclasses", "typing", "math", "numpy",
+    assert {m.split(".")[0] for m in outside} <= {"__future__", "collections", "dataclasses", "importlib", "typing",
+                                                  "math", "numpy",
                                                   "torch"}, imported
 
 
 def test_all_names_exist():
     for name in M.__all__:
         assert hasattr(M, name), name
+
+
+def test_average_forgetting_against_the_best_earlier_accuracy():
+    # Task 0 peaks after step 1 (95), so at step 2 its forgetting is 95 - 85 = 10, where BwT says 85 - 90.
+    acc = np.array([[90.0, NAN, NAN], [95.0, 70.0, NAN], [85.0, 60.0, 50.0]])
+    np.testing.assert_allclose(M.step_forgetting(acc), [NAN, 90.0 - 95.0, ((95.0 - 85.0) + (70.0 - 60.0)) / 2])
+    assert M.average_forgetting(acc) == pytest.approx(10.0)
+    assert M.backward_transfer(acc) == pytest.approx(((85.0 - 90.0) + (60.0 - 70.0)) / 2)
+    assert math.isnan(M.average_forgetting(acc, step=0))

@@ -46,7 +46,8 @@ def results_for(quality: float, rng: np.random.Generator, n_tasks: int = NUM_TAS
                                count=(10, 20, 60, 10), confidence=(0.4, 0.62, 0.9, 1.0),
                                accuracy=(0.3, 0.6, 0.8, 0.9))
         out.append(TaskResult(
-            task=t, num_tasks=n_tasks, accuracy_row=tuple(float(v) for v in mat[t, : t + 1]), task_aware_row=(),
+            task=t, num_tasks=n_tasks, accuracy_row=tuple(float(v) for v in mat[t, : t + 1]),
+            task_aware_row=tuple(float(min(v + 10.0, 100.0)) for v in mat[t, : t + 1]),
             n_eval=tuple(50 for _ in range(t + 1)), last_acc=rows[-1], avg_acc=float(np.mean(rows)), bwt=bwt,
             ece=0.1 + 0.01 * quality / 100 + rng.uniform(0, 0.01), ece_per_batch=0.12 + rng.uniform(0, 0.01),
             phndd=NoveltyDetection(0.7 + rng.uniform(0, 0.1), 0.6, 0.5, 0.55) if t < n_tasks - 1 else None,
@@ -170,7 +171,7 @@ def test_main_table_matches_a_pandas_groupby_and_leaves_incomplete_trials_out(st
     best = table[table["best"]]
     assert set(best["inference"]) == {"VI"} and len(best) == len(BENCHMARKS) * 2
     md = (out / "main.md").read_text()
-    assert md.count("**") == 2 * len(best) and "± " in md and "(n=3)" in md
+    assert md.count("**") == 2 * len(best) and "± " in md and "(n=3; CI ±" in md
     tex = (out / "main.tex").read_text()
     assert r"\textbf{" in tex and r"\multicolumn{2}{c}{CIFAR100}" in tex and r"$\pm$" in tex
 
@@ -226,12 +227,56 @@ def test_importance_ranks_the_knob_that_drives_the_metric_first(report):
     assert "method.kd_weight" in (out / "importance.md").read_text()
 
 
+def test_forgetting_task_il_and_settings_views_follow_the_stored_matrices(store, report):
+    out, _ = report
+    runs = finished_runs(store)
+    accuracy = pd.read_parquet(store / "accuracy")
+    # Forgetting, recomputed here from each run's accuracy matrix: F_t = mean_j<t max_l<t a[l, j] - a[t, j].
+    forgetting = pd.read_csv(out / "forgetting.csv")
+    run = runs[runs["cell"] == "deterministic=false,dataset=cifar100"]
+    values = {}
+    for run_id in run["run_id"]:
+        a = accuracy[accuracy["run_id"] == run_id].pivot(index="task", columns="eval_task", values="acc").to_numpy()
+        for t in range(1, a.shape[0]):
+            values.setdefault(t, []).append(np.mean([a[:t, j][j:].max() - a[t, j] for j in range(t)]))
+    mine = forgetting[(forgetting["inference"] == "VI") & (forgetting["benchmark"] == "cifar100")]
+    assert len(mine) == 2
+    for row in mine.itertuples(index=False):
+        assert row.forgetting_mean == pytest.approx(np.mean(values[row.task]), abs=1e-9, nan_ok=True)
+    # Task-IL: the mean over tasks of the task-aware accuracy after the last task, per run, then over seeds.
+    table = pd.read_csv(out / "task_vs_class_il.csv")
+    last = accuracy.merge(run[["run_id", "num_tasks"]], on="run_id")
+    last = last[last["task"] == last["num_tasks"] - 1].groupby("run_id")["task_aware_acc"].mean()
+    cell = table[(table["metric"] == "task_il") & (table["benchmark"] == "cifar100") & (table["inference"] == "VI")]
+    assert cell["mean"].iloc[0] == pytest.approx(last.mean()) and not math.isnan(last.mean())
+    class_il = table[(table["metric"] == "class_il") & (table["benchmark"] == "cifar100") & (table["inference"] == "VI")]
+    assert class_il["mean"].iloc[0] < cell["mean"].iloc[0]
+    settings = pd.read_csv(out / "settings.csv")
+    assert set(settings["setting"]) == {"standard", "replay-free"}
+
+
+def test_importance_and_curves_only_where_the_data_can_carry_them(tmp_path, capsys, fast_figures):
+    # 5 configurations of one cell, a knob that takes two values: neither importance nor a curve.
+    rng = np.random.default_rng(1)
+    for i in range(5):
+        write_trial(tmp_path, f"r-{i}", cell="c", seed=0, configuration=f"c#{i}",
+                    config={"method": {"kd_weight": [5.0, 10.0][i % 2]}}, quality=50.0 + i, rng=rng)
+    out = tmp_path / "rep"
+    assert report_main([str(tmp_path), "--out", str(out)]) == 0
+    notes = (out / "index.md").read_text()
+    assert "not computed, 5 complete configuration(s)" in notes and "at least 8" in notes
+    assert "ablation curve of method.kd_weight: not drawn, the knob took 2 value(s)" in notes
+    assert not (out / "ablation__method.kd_weight.png").exists() and (out / "ablation__method.kd_weight.md").exists()
+    assert pd.read_csv(out / "importance.csv").empty
+
+
 def test_every_figure_is_a_png_and_the_index_links_everything(store, report):
     out, printed = report
     pngs = sorted(out.glob("*.png"))
     names = {p.name for p in pngs}
     assert {"accuracy_evolution.png", "reliability.png", "importance.png", "ablation__method.kd_weight.png",
-            "ablation__method.mc_samples_train.png"} <= names
+            "ablation__method.mc_samples_train.png", "forgetting.png", "settings.png",
+            "accuracy_vs_cost.png"} <= names
     assert sum(n.startswith("accuracy_matrix__") for n in names) == 5  # one per cell
     for path in pngs:
         assert path.read_bytes()[:8] == PNG_MAGIC

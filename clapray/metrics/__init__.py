@@ -30,45 +30,50 @@ Conventions
 
 from __future__ import annotations
 
-from clapray.metrics.accuracy import (
-    ContinualSummary,
-    accuracy_matrix,
-    average_incremental_accuracy,
-    average_incremental_accuracy_weighted,
-    backward_transfer,
-    forward_transfer,
-    last_accuracy,
-    last_accuracy_weighted,
-    per_task_accuracy,
-    stack_accuracy_rows,
-    step_accuracies,
-    step_accuracies_weighted,
-    step_backward_transfers,
-    summarize,
-    task_aware_accuracy,
-    task_aware_predictions,
-    top1_accuracy,
-)
-from clapray.metrics.calibration import (
-    CalibrationBins,
-    calibration_bins,
-    expected_calibration_error,
-    per_batch_ece,
-)
-from clapray.metrics.novelty import (
-    NoveltyDetectionMetrics,
-    energy_score,
-    fpr_at_tpr,
-    novelty_detection_metrics,
-    phndd_at_step,
-)
-from clapray.metrics.step import reliability_bins, step_metrics
+import importlib
+from typing import Any
 
-__all__ = [
+# Names are imported on first use (PEP 562): the accuracy summaries need only numpy, so readers of a store
+# (the report) use them without importing torch.
+_EXPORTS = {
+    "CalibrationBins": "clapray.metrics.calibration",
+    "ContinualSummary": "clapray.metrics.accuracy",
+    "NoveltyDetectionMetrics": "clapray.metrics.novelty",
+    "accuracy_matrix": "clapray.metrics.accuracy",
+    "average_forgetting": "clapray.metrics.accuracy",
+    "average_incremental_accuracy": "clapray.metrics.accuracy",
+    "average_incremental_accuracy_weighted": "clapray.metrics.accuracy",
+    "backward_transfer": "clapray.metrics.accuracy",
+    "calibration_bins": "clapray.metrics.calibration",
+    "energy_score": "clapray.metrics.novelty",
+    "expected_calibration_error": "clapray.metrics.calibration",
+    "forward_transfer": "clapray.metrics.accuracy",
+    "fpr_at_tpr": "clapray.metrics.novelty",
+    "last_accuracy": "clapray.metrics.accuracy",
+    "last_accuracy_weighted": "clapray.metrics.accuracy",
+    "novelty_detection_metrics": "clapray.metrics.novelty",
+    "per_batch_ece": "clapray.metrics.calibration",
+    "per_task_accuracy": "clapray.metrics.accuracy",
+    "phndd_at_step": "clapray.metrics.novelty",
+    "reliability_bins": "clapray.metrics.step",
+    "stack_accuracy_rows": "clapray.metrics.accuracy",
+    "step_accuracies": "clapray.metrics.accuracy",
+    "step_accuracies_weighted": "clapray.metrics.accuracy",
+    "step_backward_transfers": "clapray.metrics.accuracy",
+    "step_forgetting": "clapray.metrics.accuracy",
+    "step_metrics": "clapray.metrics.step",
+    "summarize": "clapray.metrics.accuracy",
+    "task_aware_accuracy": "clapray.metrics.accuracy",
+    "task_aware_predictions": "clapray.metrics.accuracy",
+    "top1_accuracy": "clapray.metrics.accuracy",
+}
+
+__all__ = [  # noqa: F822 (resolved through __getattr__)
     "CalibrationBins",
     "ContinualSummary",
     "NoveltyDetectionMetrics",
     "accuracy_matrix",
+    "average_forgetting",
     "average_incremental_accuracy",
     "average_incremental_accuracy_weighted",
     "backward_transfer",
@@ -88,9 +93,16 @@ __all__ = [
     "step_accuracies",
     "step_accuracies_weighted",
     "step_backward_transfers",
+    "step_forgetting",
     "step_metrics",
     "summarize",
     "task_aware_accuracy",
     "task_aware_predictions",
     "top1_accuracy",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -211,6 +211,31 @@ def step_backward_transfers(acc: ArrayLike) -> np.ndarray:
     return np.array([backward_transfer(a, t) for t in range(a.shape[0])])
 
 
+def average_forgetting(acc: ArrayLike, step: int | None = None) -> float:
+    """Average forgetting at step t (Chaudhry et al., 2018): ``F_t = (1/t) Σ_{j<t} f_j``, with
+    ``f_j = max_{l=j..t-1} acc[l, j] - acc[t, j]`` the drop from the best accuracy task j ever had before
+    step t. Non-negative up to noise (unlike BwT, it compares with the best, not with the first, accuracy).
+    NaN at ``t = 0``; ``step=None`` means ``t = T-1``.
+
+    Args:
+        acc: ``[T, T]`` accuracy matrix (entries ``j > t`` ignored).
+        step: 0-indexed step ``t``.
+    """
+    a = acc_matrix(acc)
+    t = resolve_step(step, a.shape[0])
+    if t == 0:
+        return float("nan")
+    now = seen_row(a, t)[:t]
+    best = np.array([max(seen_row(a, step_l)[j] for step_l in range(j, t)) for j in range(t)])
+    return float(np.mean(best - now))
+
+
+def step_forgetting(acc: ArrayLike) -> np.ndarray:
+    """``[F_0, ..., F_{T-1}]`` (see :func:`average_forgetting`); ``F_0`` is NaN. Shape ``[T]``."""
+    a = acc_matrix(acc)
+    return np.array([average_forgetting(a, t) for t in range(a.shape[0])])
+
+
 def forward_transfer(acc: ArrayLike, reference: ArrayLike) -> float:
     """Forward transfer against a reference accuracy (GEM-style, adapted to class-incremental CLIP).
 

@@ -5,18 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 
 ArrayLike = Any  # numpy array, torch tensor, or (nested) sequence of numbers
 
 
-
 def to_numpy(x: ArrayLike, name: str) -> np.ndarray:
     """Convert a tensor / array / sequence to a numpy array (tensors are detached and moved to CPU)."""
-    if isinstance(x, torch.Tensor):
+    if type(x).__module__.split(".")[0] == "torch" and hasattr(x, "detach"):
+        # A tensor, recognised without importing torch (the report reads metrics with no torch installed).
         x = x.detach().cpu()
         # numpy has no bfloat16 / float16-safe reductions worth trusting here: widen first.
-        if x.dtype in (torch.bfloat16, torch.float16):
+        if str(x.dtype) in ("torch.bfloat16", "torch.float16"):
             x = x.float()
         return x.numpy()
     try:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from clapray.report import figures, tables
+from clapray.report import figures, tables, views
 from clapray.report.importance import importance_table
 from clapray.report.knobs import group_values, swept_knobs
 from clapray.report.load import Store
@@ -29,6 +29,8 @@ from clapray.results import aggregate
 CALIBRATION_METRICS = ("ece", "ece_per_batch")
 NOVELTY_METRICS = ("phndd_auroc", "phndd_aupr", "phndd_fpr95")
 COST_METRICS = ("wall_s", "gpu_s", "trainable_params", "peak_memory_mb")
+# A knob's curve is drawn only through at least this many values (its table always lists them).
+MIN_CURVE_VALUES = 3
 
 
 @dataclass
@@ -117,9 +119,21 @@ def build_report(store: Store, out: Path, *, by: Sequence[str], metrics: Sequenc
     _ablation(report, complete, metrics)
     _importance(report, complete, metric)
     _evolution_figure(report, store, selected, rows, chosen)
+    views.forgetting(report, store, selected, rows, chosen, _trials_text)
+    views.task_incremental(report, store, selected, rows, chosen, _trials_text)
+    views.settings(report, complete, rows, metric, _trials_text)
+    views.cost(report, complete, rows, metric, _trials_text)
     _matrix_figures(report, store, complete, metric)
     _reliability_figure(report, store, selected, rows, chosen)
+    _study_figures(report, store)
     return report
+
+
+def _study_figures(report: Report, store: Store) -> None:
+    from clapray.report.importance import study_figures
+
+    for title, files, what in study_figures(store.roots, report.out):
+        report.add("figure", title, files, what, "every trial the sweep's Optuna study recorded")
 
 
 def _incomplete_table(report: Report, store: Store) -> None:
@@ -203,13 +217,19 @@ def _ablation(report: Report, complete: pd.DataFrame, metrics) -> None:
         name = f"ablation__{tables.safe_name(column)}"
         files = _write_summary(report, name, summary.rename(columns={"value": label}), ["cell", label], [], metrics,
                                order={label: order})
-        curve = summary.merge(trials.drop_duplicates(["cell", "value"])[["cell", "value", "x"]], on=["cell", "value"])
-        curve = curve.rename(columns={"value": "label"})
-        figures.knob_curves(curve, label, [m for m in metrics if m in set(curve["metric"])], report.out / f"{name}.png")
         report.add("table", f"Ablation: {label}", files,
                    f"{', '.join(tables.metric_label(m) for m in metrics)} per value of {label} (binned when "
                    f"continuous) in each cell, marginal over the other sampled knobs; best per cell in bold",
                    _trials_text(trials, f"cells {', '.join(c for c, _ in cells)}"))
+        values = int(trials["value"].nunique())
+        if values < MIN_CURVE_VALUES:
+            # Two points make a line whatever the knob does: a curve needs a third value to show a shape.
+            report.notes.append(f"ablation curve of {label}: not drawn, the knob took {values} value(s) "
+                                f"(a curve needs at least {MIN_CURVE_VALUES}); the table has them")
+            continue
+        curve = summary.merge(trials.drop_duplicates(["cell", "value"])[["cell", "value", "x"]], on=["cell", "value"])
+        curve = curve.rename(columns={"value": "label"})
+        figures.knob_curves(curve, label, [m for m in metrics if m in set(curve["metric"])], report.out / f"{name}.png")
         report.add("figure", f"Ablation curve: {label}", [f"{name}.png"],
                    f"one curve per cell: mean ± std of each metric against {label}",
                    _trials_text(trials))

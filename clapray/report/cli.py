@@ -93,9 +93,10 @@ def _remove_stale(report) -> None:
 def make_report(results: list[str], *, out: str | None = None, by: str = ",".join(DEFAULT_BY),
                 metric: str = ",".join(DEFAULT_METRICS), stream=None) -> str:
     """Build the report; return the index's path (a local path, or a URI for a remote ``out``)."""
+    from clapray.fileio import child
     from clapray.report.build import build_report
     from clapray.report.index import write_index
-    from clapray.report.load import child, load_store
+    from clapray.report.load import load_store
 
     stream = stream or sys.stdout
     start = time.perf_counter()

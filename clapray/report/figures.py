@@ -54,10 +54,18 @@ def _label(keys: Sequence[str], values: Sequence) -> str:
 def accuracy_evolution(curves: pd.DataFrame, rows: Sequence[str], path: Path) -> Path:
     """A_t after every task per row key (e.g. variant), mean line and ±1 std band over seeds; one panel
     per benchmark. ``curves``: rows..., benchmark, task (0-based), mean, std, n."""
+    return task_curves(curves, rows, path, ylabel="accuracy A_t (%)",
+                       title="Accuracy after each task (mean ± std over seeds)")
+
+
+def task_curves(curves: pd.DataFrame, rows: Sequence[str], path: Path, *, ylabel: str, title: str) -> Path:
+    """A per-task quantity per row key, mean line and ±1 std band over seeds; one panel per benchmark.
+    ``curves``: rows..., benchmark (optional), task (0-based), mean, std, n."""
+    curves = curves if "benchmark" in curves else curves.assign(benchmark="all")
     with plt.rc_context(_STYLE):
         benchmarks = sorted(curves["benchmark"].unique(), key=lambda b: (b not in BENCHMARK_LABELS, str(b)))
         fig, axes = _grid(len(benchmarks))
-        for ax, bench in zip(axes, benchmarks, strict=False):
+        for ax, bench in zip(axes, benchmarks, strict=True):
             part = curves[curves["benchmark"] == bench]
             groups = list(part.groupby(list(rows), dropna=False, sort=True)) if rows else [((), part)]
             for i, (key, g) in enumerate(groups):
@@ -72,10 +80,58 @@ def accuracy_evolution(curves: pd.DataFrame, rows: Sequence[str], path: Path) ->
                                     color=line.get_color(), alpha=0.2, linewidth=0)
             ax.set_title(BENCHMARK_LABELS.get(str(bench), str(bench)))
             ax.set_xlabel("task")
-            ax.set_ylabel("accuracy A_t (%)")
+            ax.set_ylabel(ylabel)
             ax.xaxis.get_major_locator().set_params(integer=True)
             ax.legend(loc="best", frameon=False)
-        fig.suptitle("Accuracy after each task (mean ± std over seeds)", fontsize=9)
+        fig.suptitle(title, fontsize=9)
+        return _save(fig, path)
+
+
+def grouped_bars(summary: pd.DataFrame, keys: Sequence[str], group: str, metric: str, path: Path, *,
+                 title: str) -> Path:
+    """Bars of ``metric`` per row key, one bar per value of ``group`` (e.g. the setting), ±1 std error bars.
+    ``summary``: keys..., group, <metric>_mean, <metric>_std, <metric>_count."""
+    with plt.rc_context(_STYLE):
+        rows = list(summary.groupby(list(keys), dropna=False, sort=True)) if keys else [((), summary)]
+        values = sorted(summary[group].unique(), key=lambda v: value_label(group, v))
+        fig, ax = plt.subplots(figsize=(max(3.4, 0.9 * len(rows) * len(values)), 2.8), layout="constrained")
+        width = 0.8 / max(len(values), 1)
+        for i, value in enumerate(values):
+            means, stds = [], []
+            for _, part in rows:
+                hit = part[part[group] == value]
+                means.append(float(hit[f"{metric}_mean"].iloc[0]) if len(hit) else np.nan)
+                stds.append(float(hit[f"{metric}_std"].iloc[0]) if len(hit) else np.nan)
+            x = np.arange(len(rows)) + (i - (len(values) - 1) / 2) * width
+            ax.bar(x, means, width=width, yerr=np.nan_to_num(stds), capsize=2, edgecolor="black", linewidth=0.5,
+                   label=value_label(group, value))
+        ax.set_xticks(np.arange(len(rows)), [_label(keys, k if isinstance(k, tuple) else (k,)) for k, _ in rows],
+                      rotation=20, ha="right")
+        ax.set_ylabel(f"{metric_label(metric)} (%)" if metric.endswith("acc") else metric_label(metric))
+        ax.legend(loc="best", frameon=False, title=group)
+        ax.set_title(title, fontsize=8)
+        return _save(fig, path)
+
+
+def metric_against_cost(per_conf: pd.DataFrame, keys: Sequence[str], metric: str, costs: Sequence[str],
+                        path: Path) -> Path:
+    """One panel per cost column: each configuration's mean ``metric`` against its mean cost, ±1 std bars,
+    one marker per row key. ``per_conf``: keys..., config_key, <column>_mean/_std for metric and costs."""
+    with plt.rc_context(_STYLE):
+        fig, axes = _grid(len(costs), width=3.4, height=2.8, max_cols=2)
+        groups = list(per_conf.groupby(list(keys), dropna=False, sort=True)) if keys else [((), per_conf)]
+        for ax, column in zip(axes, costs, strict=True):
+            for i, (key, g) in enumerate(groups):
+                key = key if isinstance(key, tuple) else (key,)
+                ax.errorbar(g[f"{column}_mean"], g[f"{metric}_mean"], yerr=np.nan_to_num(g[f"{metric}_std"]),
+                            xerr=np.nan_to_num(g[f"{column}_std"]), fmt=_MARKERS[i % len(_MARKERS)], capsize=2,
+                            label=_label(keys, key))
+            if column == "trainable_params" and (per_conf[f"{column}_mean"] > 0).all():
+                ax.set_xscale("log")
+            ax.set_xlabel(metric_label(column))
+            ax.set_ylabel(f"{metric_label(metric)} (%)" if metric.endswith("acc") else metric_label(metric))
+            ax.legend(loc="best", frameon=False, fontsize=6)
+        fig.suptitle(f"{metric_label(metric)} against cost, one point per configuration", fontsize=9)
         return _save(fig, path)
 
 

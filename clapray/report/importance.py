@@ -22,8 +22,11 @@ import pandas as pd
 from clapray.report.knobs import Knob, swept_knobs
 from clapray.report.tables import higher_is_better
 
-# Below this many configurations a cell's ranking is flagged as rough (the forest has little to fit).
-RELIABLE_CONFIGURATIONS = 10
+# Below this many configurations fANOVA is not computed: its random forest has too few points to split
+# the variance among several knobs, and two or three configurations give arbitrary (often identical) bars.
+MIN_CONFIGURATIONS = 8
+# Below this many, a computed ranking is still flagged as rough.
+RELIABLE_CONFIGURATIONS = 16
 
 
 def _python(value):
@@ -93,9 +96,9 @@ def importance_table(complete: pd.DataFrame, metric: str, *, seed: int = 0) -> t
     for cell, knobs in swept_knobs(complete).items():
         trials = complete[complete["cell"] == cell]
         n_conf = int(trials.dropna(subset=[metric])["config_key"].nunique())
-        if n_conf < 2:
-            notes.append(f"{cell}: {n_conf} complete configuration(s) with a value of {metric}, "
-                         "importance needs at least 2")
+        if n_conf < MIN_CONFIGURATIONS:
+            notes.append(f"{cell}: not computed, {n_conf} complete configuration(s) with a value of {metric} "
+                         f"(fANOVA needs at least {MIN_CONFIGURATIONS} to say anything)")
             continue
         part = cell_importance(trials, knobs, metric, seed=seed)
         part.insert(0, "cell", cell)
@@ -108,3 +111,42 @@ def importance_table(complete: pd.DataFrame, metric: str, *, seed: int = 0) -> t
     if not frames:
         return pd.DataFrame(columns=columns), notes
     return pd.concat(frames, ignore_index=True)[columns], notes
+
+
+def study_figures(roots: list[str], out) -> list[tuple[str, list[str], str]]:
+    """Optuna's optimisation history and parallel-coordinate plots of every cell's persisted study (the
+    sweep's ``optuna.journal``): ``(title, files, what)`` per figure written. Studies with fewer than two
+    finished trials are skipped."""
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.visualization import matplotlib as optuna_plots
+
+    from clapray.report.tables import safe_name
+    from clapray.sweep.studies import load_studies
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    written = []
+    for root in roots:
+        for name, study in sorted(load_studies(root).items()):
+            done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+            if len(done) < 2:
+                continue
+            base = safe_name(name)
+            files = []
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the matplotlib backend is marked experimental
+                for kind, plot in (("history", optuna_plots.plot_optimization_history),
+                                   ("parallel", optuna_plots.plot_parallel_coordinate)):
+                    if kind == "parallel" and not done[0].params:
+                        continue
+                    axes = plot(study)
+                    figure = axes.figure if hasattr(axes, "figure") else axes[0].figure
+                    figure.set_size_inches(6.0, 3.2)
+                    file = f"study__{base}__{kind}.png"
+                    figure.savefig(out / file, dpi=150, bbox_inches="tight")
+                    plt.close(figure)
+                    files.append(file)
+            written.append((f"Optuna study: {name}", files,
+                            f"the study's objective per trial in order with the best so far, and each trial's "
+                            f"parameters against its objective ({len(done)} finished trials)"))
+    return written

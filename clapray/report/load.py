@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from clapray.errors import UserError
-from clapray.fileio import data_files, resolve_filesystem
+from clapray.fileio import child, data_files, resolve_filesystem
 from clapray.model.prompts.catalog import VARIANTS
 from clapray.results import config_schema, load_table
 
@@ -74,21 +74,6 @@ class Store:
         text = f"{len(self.runs)} trials: {counts.get(COMPLETE, 0)} complete, {n_incomplete} incomplete"
         parts = [f"{v} {k}" for k, v in counts.items() if k != COMPLETE]
         return text + (f" ({', '.join(parts)})" if parts else "")
-
-
-def split_uri(root: str) -> tuple[str, str]:
-    """(path part, ``?query`` or ``""``) of a store root, so sub-paths go before the query."""
-    text = str(root)
-    if "://" in text and "?" in text:
-        path, _, query = text.partition("?")
-        return path.rstrip("/"), "?" + query
-    return text.rstrip("/") or "/", ""
-
-
-def child(root: str, name: str) -> str:
-    """``root/name`` for a local path or a URI with a query string (``s3://b/p?x=1`` -> ``s3://b/p/name?x=1``)."""
-    path, query = split_uri(root)
-    return f"{path}/{name}{query}"
 
 
 def _check_root(root: str) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from clapray.model.prompts.catalog import VARIANTS, report_order
-from clapray.results import aggregate
+from clapray.results import aggregate, t_critical_975
 
 # name -> (label, format, higher is better). Unknown metrics get a generic format, higher is better.
 METRICS: dict[str, tuple[str, str, bool]] = {
@@ -35,6 +35,9 @@ METRICS: dict[str, tuple[str, str, bool]] = {
     "gpu_s": ("GPU-seconds", ".1f", False),
     "trainable_params": ("trainable parameters", ",.0f", False),
     "peak_memory_mb": ("peak memory (MB)", ".0f", False),
+    "class_il": ("class-IL Last", ".2f", True),
+    "task_il": ("task-IL Last", ".2f", True),
+    "forgetting": ("forgetting", ".2f", False),
 }
 
 # Column labels of the derived and common grouping columns.
@@ -170,12 +173,14 @@ def summarize(trials: pd.DataFrame, rows: Sequence[str], columns: Sequence[str],
 
 
 def cell_text(metric: str, mean: float, std: float, n: int) -> str:
-    """``86.13 ± 0.42 (n=3)``; ``86.13 (n=1)`` for one trial; ``-`` without any."""
+    """``86.13 ± 0.42 (n=3; CI ±1.04)``: mean ± std over seeds, their count and the half-width of the 95 %
+    confidence interval of the mean (Student's t); ``86.13 (n=1)`` for one trial; ``-`` without any."""
     if n == 0 or mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "-"
     text = format_number(metric, mean)
     if n > 1 and std is not None and not math.isnan(std):
-        text += f" ± {format_number(metric, std)}"
+        half = t_critical_975(int(n) - 1) * std / math.sqrt(n)
+        return f"{text} ± {format_number(metric, std)} (n={int(n)}; CI ±{format_number(metric, half)})"
     return f"{text} (n={int(n)})"
 
 

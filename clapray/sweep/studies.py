@@ -22,7 +22,7 @@ import pyarrow.fs as pafs
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
-from clapray.fileio import resolve_filesystem
+from clapray.fileio import child, resolve_filesystem, split_uri
 
 JOURNAL_NAME = "optuna.journal"
 
@@ -33,8 +33,8 @@ def study_name(sweep: str, cell: str) -> str:
 
 
 def journal_store_path(store: str) -> str:
-    """Where a store keeps its journal (a path or URI)."""
-    return f"{store.rstrip('/')}/{JOURNAL_NAME}"
+    """Where a store keeps its journal (a path or URI; a URI's query string stays at its end)."""
+    return child(store, JOURNAL_NAME)
 
 
 class StudyJournal:
@@ -45,15 +45,15 @@ class StudyJournal:
     """
 
     def __init__(self, store: str):
-        self.store = store.rstrip("/")
+        self.store = store
         self.remote = "://" in self.store and not self.store.startswith("file://")
         if self.remote:
-            digest = hashlib.sha256(self.store.encode()).hexdigest()[:16]
+            digest = hashlib.sha256(split_uri(self.store)[0].encode()).hexdigest()[:16]
             root = os.environ.get("CLAPRAY_CACHE")
             base = Path(root).expanduser() if root else Path.home() / ".cache" / "clapray"
             self.path = str(base / "optuna" / f"{digest}.journal")
         else:
-            fs, local = resolve_filesystem(self.store)
+            _, local = resolve_filesystem(self.store)
             self.path = f"{local}/{JOURNAL_NAME}"
         self._storage: JournalStorage | None = None
 

@@ -144,7 +144,8 @@ def _run_tuner(sweep: SweepConfig, root: str, num_tasks: dict[str, int], *, addr
     restoring = ray.tune.Tuner.can_restore(experiment)
     # The store must hold what Tune's saved state implies before Tune acts on that state (and a store that
     # cannot be repaired is refused before Ray starts).
-    repaired = reconcile(spec, trials_from_experiment(experiment) if restoring else [], num_tasks)
+    repaired = reconcile(spec, trials_from_experiment(experiment) if restoring else [], num_tasks,
+                         errored_resume=True)
     if repaired.line():
         print(repaired.line(), file=out, flush=True)
     if not ray.is_initialized():

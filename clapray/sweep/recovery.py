@@ -88,11 +88,12 @@ def trials_from_experiment(root: str) -> list[TrialRecord]:
             for t in analysis.trials]
 
 
-def expected_outcome(record: TrialRecord, num_tasks: int) -> str:
-    """``finished``, ``stopped``, ``error`` (a trial Tune ended) or ``unfinished`` (Tune will run it)."""
+def expected_outcome(record: TrialRecord, num_tasks: int, *, errored_resume: bool = False) -> str:
+    """``finished``, ``stopped``, ``error`` (a trial Tune ended) or ``unfinished`` (Tune will run it; with
+    ``errored_resume``, failed trials too, as a restored sweep resumes them)."""
     result = record.last_result
     if record.status == "ERROR":
-        return "error"
+        return "unfinished" if errored_resume else "error"
     if record.status != "TERMINATED":
         return "unfinished"
     if result.get("diverged"):
@@ -193,10 +194,11 @@ def _quarantine_unreadable(root: str, report: ReconcileReport) -> set[str]:
 
 
 def reconcile(spec: TrialSpec, records: Iterable[TrialRecord], num_tasks: Mapping[str, int], *,
-              tune_knows_every_trial: bool = True) -> ReconcileReport:
+              tune_knows_every_trial: bool = True, errored_resume: bool = False) -> ReconcileReport:
     """Make the store at ``spec.store`` hold what Ray Tune's ``records`` imply (module docstring).
 
     ``tune_knows_every_trial``: the records are Tune's whole list, so store runs outside it are orphans.
+    ``errored_resume``: Tune is about to resume its failed trials (a restored sweep), so they are not ended.
     """
     report = ReconcileReport()
     _quarantine_unreadable(spec.store, report)
@@ -208,7 +210,7 @@ def reconcile(spec: TrialSpec, records: Iterable[TrialRecord], num_tasks: Mappin
             continue
         identity = TrialIdentity.of(spec.sweep, record.trial_id, record.config)
         known.add(identity.run_id)
-        outcome = expected_outcome(record, num_tasks[identity.cell])
+        outcome = expected_outcome(record, num_tasks[identity.cell], errored_resume=errored_resume)
         if outcome == "unfinished":
             continue
         have = stored.get(identity.run_id)

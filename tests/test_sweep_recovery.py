@@ -1,10 +1,10 @@
 """A sweep survives kills, a second driver, a changed sweep and a damaged store (slow: `kill` marker).
 
-One small sweep (two CLAP trials of three tasks, one at a time) is driven through kills of the whole driver
-process group (the `python -m clapray.sweep` process and the local Ray it started) at four moments chosen
-by watching the store, then finished by running the same command again; the store it leaves is then
-damaged and repaired, refused a changed sweep, and compacted. A second test kills a worker node of a local
-multi-node cluster mid-trial.
+One small sweep (two CLAP trials of three tasks, one at a time) is driven through SIGKILLs of the driver and
+everything it started (the `python -m clapray.sweep` process and its local Ray, every process of its
+session) at four moments chosen by watching the store, then finished by running the same command again;
+the store it leaves is then damaged and repaired, refused a changed sweep, and compacted. A second test
+kills a worker node of a local multi-node cluster mid-trial.
 """
 
 from __future__ import annotations
@@ -62,11 +62,12 @@ class Driver:
         return self.log.read_text()
 
     def kill(self) -> None:
-        """SIGKILL the driver and every process of its group (its local Ray: GCS, raylet, workers)."""
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        """SIGKILL the driver and every process of its local Ray (GCS, raylet, dashboard, workers).
+
+        Ray starts each worker in a process group of its own, so killing the driver's group would leave
+        the trial's Train workers running on for seconds (training and checkpointing further); every
+        process of the driver's session is killed instead, as a lost machine would lose them."""
+        kill_session(self.proc.pid)
         self.proc.wait()
         self.handle.close()
 
@@ -88,6 +89,35 @@ class Driver:
                 raise AssertionError(f"timed out waiting for {what}:\n{self.output()[-4000:]}")
             time.sleep(0.1)
         return time.monotonic() - start
+
+
+def _live_session_members(sid: int) -> list[int]:
+    pids = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # fields: state, ppid, pgrp, session, ...; zombies are dead already (and may never be reaped here).
+        if fields[0] not in ("Z", "X") and int(fields[3]) == sid:
+            pids.append(int(name))
+    return pids
+
+
+def kill_session(sid: int) -> None:
+    """SIGKILL every live process of session ``sid`` until none is left."""
+    deadline = time.monotonic() + 30
+    while (pids := _live_session_members(sid)) and time.monotonic() < deadline:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.05)
+    assert not _live_session_members(sid), "processes of the killed driver survived"
 
 
 def feature_build_started(root: Path) -> Callable[[], bool]:
@@ -350,7 +380,7 @@ def test_a_killed_worker_node_mid_trial_is_survived(tmp_path):
         print(f"node kill test: {time.monotonic() - start:.0f}s from the sweep's start")
     finally:
         if driver is not None and driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
+            kill_session(driver.pid)
             driver.wait()
         cluster.shutdown()
 

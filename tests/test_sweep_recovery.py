@@ -394,7 +394,7 @@ def _node_running_train_worker(cluster, nodes):
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            actors = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+            actors = list_actors(address=cluster.address, filters=[("state", "=", "ALIVE")], limit=1000)
             hosts = {a.node_id for a in actors if re.search(r"RayTrainWorker", a.class_name or "")}
             for node in nodes:
                 if node.node_id in hosts:

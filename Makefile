@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: quickstart run lint test test-fast test-slow install clean-venv
+.PHONY: quickstart run lint test test-fast test-slow test-kill install clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ test-fast: lint
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
+
+test-kill: $(STAMP)
+	$(PY) -m pytest -m kill
 
 clean-venv:
 	rm -rf $(VENV)

@@ -24,12 +24,32 @@ except ImportError:  # pragma: no cover - not on the supported platforms
 _OBJECT_STORES = frozenset({"s3", "gcs", "abfs"})
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where the OS allows (Linux: /proc)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    # Elsewhere the only way is to set and restore it (a brief window another thread could observe).
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write to a unique temporary name in the same directory, fsync, then rename into place."""
+    """Write to a unique temporary name in the same directory, fsync, then rename into place.
+
+    The file gets the mode a plain ``open(path, "w")`` would give (0666 less the umask: 0644 by default),
+    not mkstemp's private 0600, so other users of a shared disk can read results and caches.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -155,10 +155,10 @@ def test_three_tasks_write_all_tables_and_status_transitions(tmp_path: Path) -> 
 def test_verify_consistency_detects_tampered_files(tmp_path: Path) -> None:
     write_run(tmp_path, "run-a")
     write_run(tmp_path, "run-b")
-    path = tmp_path / "accuracy" / "run-a--task-002.parquet"
+    path = tmp_path / "accuracy" / "run-a.parquet"  # one file per run: rows (0,0) (1,0) (1,1) (2,0) ...
     table = pq.read_table(path)
     values = table.column("acc").to_pylist()
-    values[0] += 3.0  # a[2, 0]: changes A_2, Avg and BwT at task 2
+    values[3] += 3.0  # a[2, 0]: changes A_2, Avg and BwT at task 2
     pq.write_table(table.set_column(table.schema.get_field_index("acc"), "acc", pa.array(values)), path)
     problems = R.verify_consistency(tmp_path)
     assert problems and all("run-a" in p for p in problems)
@@ -168,9 +168,11 @@ def test_verify_consistency_detects_tampered_files(tmp_path: Path) -> None:
     # A tasks row disagreeing with an intact accuracy table is caught too.
     write_run(tmp_path, "run-a")
     assert R.verify_consistency(tmp_path) == []
-    path = tmp_path / "tasks" / "run-b--task-001.parquet"
+    path = tmp_path / "tasks" / "run-b.parquet"
     table = pq.read_table(path)
-    pq.write_table(table.set_column(table.schema.get_field_index("avg_acc"), "avg_acc", pa.array([81.0])), path)
+    avg = table.column("avg_acc").to_pylist()
+    avg[1] = 81.0
+    pq.write_table(table.set_column(table.schema.get_field_index("avg_acc"), "avg_acc", pa.array(avg)), path)
     assert [p for p in R.verify_consistency(tmp_path)] == [
         "tasks: run run-b task 1: avg_acc = 81.0 but the accuracy table gives 82.5"]
 
@@ -193,19 +195,16 @@ def test_retried_task_overwrites_and_second_run_adds_rows(tmp_path: Path) -> Non
     assert R.RunWriter(tmp_path, "fresh", config(), ids=IDS).finished_tasks() == []
 
 
-def test_runs_with_different_config_nullness_and_loss_keys_read_together(tmp_path: Path) -> None:
+def test_runs_with_different_config_nullness_and_loss_keys_share_one_schema(tmp_path: Path) -> None:
     # "a-..." sorts first: its file's schema is the one a plain directory read starts from.
     write_run(tmp_path, "a-null", config(memory={"size": None}, data={"num_tasks": None}),
               results=fake_results(losses={"train": 1.0}, timings={"total": 1.0}))
     write_run(tmp_path, "b-set", config(memory={"size": 500}, data={"num_tasks": 3, "sequence": ["cifar100"]}),
-              results=fake_results(losses={"train": 2.0, "train_kd": 0.3, "aux_extra": 9.0},
-                                   timings={"total": 2.0, "sample": 0.5}),
-              extra={"custom_count": 7})
-    for a, b in [("runs/a-null.parquet", "runs/b-set.parquet"),
-                 ("tasks/a-null--task-000.parquet", "tasks/b-set--task-000.parquet")]:
-        sa, sb = pq.read_schema(tmp_path / a), pq.read_schema(tmp_path / b)
-        for name in sa.names:
-            assert sa.field(name).type == sb.field(name).type, name
+              results=fake_results(losses={"train": 2.0, "train_kd": 0.3, "consolidation_kl": 0.1, "aux_extra": 9.0},
+                                   timings={"total": 2.0, "sample": 0.5}))
+    for table in ("runs", "tasks", "accuracy"):
+        sa, sb = pq.read_schema(tmp_path / table / "a-null.parquet"), pq.read_schema(tmp_path / table / "b-set.parquet")
+        assert sa.remove_metadata() == sb.remove_metadata(), table  # same names, order and types
     assert pq.read_schema(tmp_path / "runs/a-null.parquet").field("memory.size").type == pa.int64()
 
     runs = pd.read_parquet(tmp_path / "runs").set_index("run_id")
@@ -213,16 +212,20 @@ def test_runs_with_different_config_nullness_and_loss_keys_read_together(tmp_pat
     assert runs.loc["b-set", "data.sequence"] == '["cifar100"]' and runs.loc["a-null", "data.sequence"] == "[]"
     tasks = pd.read_parquet(tmp_path / "tasks")
     assert len(tasks) == 6
-    by_run = tasks.groupby("run_id")["loss_train_kd"].apply(lambda s: s.isna().all())
-    assert by_run.to_dict() == {"a-null": True, "b-set": False}
-
-    # load_table unifies every file's schema: columns only the second run has are kept.
-    full = R.load_table(tmp_path, "tasks")
-    assert {"loss_aux_extra", "sample_s"} <= set(full.columns)
-    assert full.groupby("run_id")["loss_aux_extra"].max().fillna(-1).to_dict() == {"a-null": -1, "b-set": 9.0}
-    assert R.load_table(tmp_path, "runs").set_index("run_id")["custom_count"].fillna(-1).to_dict() == {
-        "a-null": -1, "b-set": 7}
+    for column, expected in (("loss_train_kd", {"a-null": True, "b-set": False}),
+                             ("loss_consolidation_kl", {"a-null": True, "b-set": False})):
+        assert tasks.groupby("run_id")[column].apply(lambda s: s.isna().all()).to_dict() == expected, column
+    # Keys outside the fixed columns (a future variant's) are kept as JSON, not as new columns.
+    other = tasks.set_index("run_id")["other_metrics"]
+    assert other.loc["a-null"].isna().all()
+    assert {json.dumps(json.loads(v), sort_keys=True) for v in other.loc["b-set"]} == {
+        '{"loss_aux_extra": 9.0, "sample_s": 0.5}'}
+    assert "loss_aux_extra" not in tasks.columns
     assert R.verify_consistency(tmp_path) == []
+
+    # Extra run columns must be the same for every run of a store, like the id columns.
+    with pytest.raises(ValueError, match="extra columns"):
+        R.RunWriter(tmp_path, "c", config(), ids=IDS, extra={"custom_count": 7})
 
 
 def test_load_table_empty_root_and_several_roots(tmp_path: Path) -> None:
@@ -245,7 +248,7 @@ def test_load_table_empty_root_and_several_roots(tmp_path: Path) -> None:
 def test_leftover_temporary_file_is_ignored_by_readers(tmp_path: Path) -> None:
     write_run(tmp_path, "run-a", upto=1)
     # What a crash between writing and renaming leaves behind, named as the writer names it.
-    junk = tmp_path / "tasks" / ".run-a--task-001.parquet.0123456789ab.tmp"
+    junk = tmp_path / "tasks" / ".run-a.parquet.0123456789ab.tmp"
     junk.write_bytes(b"PAR1 half a file")
     (tmp_path / "tasks" / "_SUCCESS").write_bytes(b"")
     assert len(pd.read_parquet(tmp_path / "tasks")) == 1
@@ -253,7 +256,7 @@ def test_leftover_temporary_file_is_ignored_by_readers(tmp_path: Path) -> None:
     assert R.RunWriter(tmp_path, "run-a", config(), ids=IDS).finished_tasks() == [0]
 
     # A name without the leading dot would break the directory read: the rule the writer relies on.
-    visible = tmp_path / "tasks" / "run-a--task-001.parquet.tmp"
+    visible = tmp_path / "tasks" / "run-a.parquet.tmp"
     visible.write_bytes(b"PAR1 half a file")
     with pytest.raises(pa.ArrowInvalid):
         pd.read_parquet(tmp_path / "tasks")
@@ -263,7 +266,7 @@ def test_failed_write_leaves_previous_file_and_no_temporary(tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     res = fake_results()
     writer = write_run(tmp_path, "run-a", upto=2, results=res)
-    before = {d: (tmp_path / d / "run-a--task-001.parquet").read_bytes() for d in ("tasks", "accuracy")}
+    before = {d: (tmp_path / d / "run-a.parquet").read_bytes() for d in ("tasks", "accuracy")}
 
     seen: list[str] = []
 
@@ -280,11 +283,11 @@ def test_failed_write_leaves_previous_file_and_no_temporary(tmp_path: Path,
     with pytest.raises(OSError, match="disk full"):
         writer.write_task(res[1], res[:2])
     monkeypatch.undo()
-    assert len(seen) == 1 and seen[0].startswith(".run-a--task-001.parquet.")
+    assert len(seen) == 1 and seen[0].startswith(".run-a.parquet.")
     leftovers = [p.name for d in ("tasks", "accuracy", "runs") for p in (tmp_path / d).iterdir()
                  if not p.name.endswith(".parquet")]
     assert leftovers == []
-    assert {d: (tmp_path / d / "run-a--task-001.parquet").read_bytes() for d in ("tasks", "accuracy")} == before
+    assert {d: (tmp_path / d / "run-a.parquet").read_bytes() for d in ("tasks", "accuracy")} == before
     assert R.verify_consistency(tmp_path) == []
 
 
@@ -452,3 +455,126 @@ def test_s3_store_against_a_local_moto_server(monkeypatch: pytest.MonkeyPatch) -
     finally:
         if server is not None:
             server.stop()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_respect_the_umask(tmp_path: Path, umask: int) -> None:
+    from clapray.fileio import write_bytes_atomic
+
+    old = os.umask(umask)
+    try:
+        write_run(tmp_path, "run-a", upto=1)
+        write_bytes_atomic(tmp_path / "cache" / "entry.bin", b"x")
+    finally:
+        os.umask(old)
+    expected = 0o666 & ~umask
+    for path in (tmp_path / "runs" / "run-a.parquet", tmp_path / "tasks" / "run-a.parquet",
+                 tmp_path / "cache" / "entry.bin"):
+        assert path.stat().st_mode & 0o777 == expected, (path, oct(path.stat().st_mode & 0o777))
+
+
+def test_verify_consistency_reports_a_missing_table_and_an_unreadable_file(tmp_path: Path) -> None:
+    import shutil
+
+    write_run(tmp_path, "run-a")
+    write_run(tmp_path, "run-b")
+    assert R.verify_consistency(tmp_path) == []
+    shutil.rmtree(tmp_path / "runs")
+    problems = R.verify_consistency(tmp_path)
+    assert problems == ["runs: no row for run run-a, which has tasks and accuracy rows (its runs file is missing or "
+                        "unreadable)",
+                        "runs: no row for run run-b, which has tasks and accuracy rows (its runs file is missing or "
+                        "unreadable)"]
+    write_run(tmp_path, "run-a")
+    write_run(tmp_path, "run-b")
+    victim = tmp_path / "tasks" / "run-b.parquet"
+    victim.write_bytes(victim.read_bytes()[:50])
+    problems = R.verify_consistency(tmp_path)
+    assert problems[0].startswith(f"tasks: {victim} is unreadable (")
+    assert "runs: run run-b: tasks_done = 3 but 0 task rows" in problems
+    with pytest.raises(pa.ArrowInvalid):
+        R.load_table(tmp_path, "tasks")
+    assert len(R.load_table(tmp_path, "tasks", skip_unreadable=True)) == 3
+
+
+def test_an_unreadable_file_of_one_run_does_not_stop_other_runs_writing(tmp_path: Path) -> None:
+    write_run(tmp_path, "run-a")
+    for table in ("runs", "tasks"):
+        victim = tmp_path / table / "run-a.parquet"
+        victim.write_bytes(victim.read_bytes()[:50])
+    write_run(tmp_path, "run-b")  # reads the store's id columns from another run's file: skips the damaged one
+    own = R.RunWriter(tmp_path, "run-a", config(), ids=IDS)  # its own damaged row: started afresh
+    assert own.stored_row() is None and own.finished_tasks() == []
+    write_run(tmp_path, "run-a")  # rewrites every row of the run
+    assert R.verify_consistency(tmp_path) == []
+
+
+def test_compaction_folds_ended_runs_and_a_writer_never_rewrites_one(tmp_path: Path) -> None:
+    from clapray.results.compact import compact
+    from clapray.results.writer import RunCompacted
+
+    write_run(tmp_path, "done")
+    write_run(tmp_path, "stopped", upto=1).mark("stopped", "ASHA")
+    write_run(tmp_path, "running", upto=2)
+    before = {t: R.load_table(tmp_path, t).sort_values(["run_id", "task"]).reset_index(drop=True)
+              for t in ("tasks", "accuracy")}
+    report = compact(str(tmp_path))
+    assert report.runs_compacted == 2 and report.runs_left == ["running"]
+    assert sorted(p.name.startswith("part-") for p in (tmp_path / "tasks").glob("*.parquet")) == [False, True]
+    assert sorted(p.name for p in (tmp_path / "tasks").glob("*.parquet"))[1] == "running.parquet"
+    for table, frame in before.items():
+        after = pd.read_parquet(tmp_path / table).sort_values(["run_id", "task"]).reset_index(drop=True)
+        pd.testing.assert_frame_equal(after, frame)
+    assert R.verify_consistency(tmp_path) == []
+    writer = R.RunWriter(tmp_path, "done", config(), ids=IDS)
+    assert writer.compacted_in is not None and writer.holds_complete_run(3)
+    assert writer.stored_row()["status"] == "finished"
+    with pytest.raises(RunCompacted):
+        writer.mark("error", "late failure")
+    # The running run goes on and ends; a second compaction folds it into a new part with the others.
+    write_run(tmp_path, "running")
+    assert compact(str(tmp_path)).runs_compacted == 1
+    assert [p.name[:5] for p in (tmp_path / "tasks").glob("*.parquet")] == ["part-"]
+    assert R.verify_consistency(tmp_path) == []
+
+
+def test_an_interrupted_compaction_leaves_duplicates_that_the_next_one_removes(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from clapray.results import compact as C
+
+    write_run(tmp_path, "a")
+    write_run(tmp_path, "b")
+    calls = []
+
+    def crash(fs, path):  # the crash: right after the first part is written, before any input is deleted
+        calls.append(path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(C, "_delete", crash)
+    with pytest.raises(KeyboardInterrupt):
+        C.compact(str(tmp_path))
+    monkeypatch.undo()
+    assert any("duplicate rows" in p for p in R.verify_consistency(tmp_path))  # duplicated, nothing lost
+    report = C.compact(str(tmp_path))
+    assert report.leftovers_removed >= 1
+    assert R.verify_consistency(tmp_path) == []
+    assert len(pd.read_parquet(tmp_path / "runs")) == 2
+
+
+def test_compact_cli_refuses_while_a_driver_holds_the_store(tmp_path: Path) -> None:
+    from clapray.results.lease import SweepLease
+
+    write_run(tmp_path, "a")
+    lease = SweepLease(str(tmp_path))
+    lease.acquire()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "clapray.results", "compact", str(tmp_path)],
+                              capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent, timeout=120)
+    finally:
+        lease.release()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"pid {os.getpid()}," in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["a.parquet"]
+    proc = subprocess.run([sys.executable, "-m", "clapray.results", "verify", str(tmp_path)], capture_output=True,
+                          text=True, cwd=Path(__file__).resolve().parent.parent, timeout=120)
+    assert proc.returncode == 0 and "consistent" in proc.stdout

@@ -168,3 +168,50 @@ def test_a_stopped_or_failed_trial_keeps_the_provenance_its_workers_recorded(tmp
         assert runs[column].tolist() == [value, value], column
     for column in ("git_sha", "package_versions", "python_version", "config_hash", "config_yaml", "started_at"):
         assert runs[column].notna().all(), column
+
+
+def test_a_failing_status_write_is_contained_and_recorded(tmp_path, capsys):
+    """The store-status callback never raises into Ray Tune: a failed write is reported on stderr and kept
+    for the driver, which records the status again from Tune's final state."""
+    from types import SimpleNamespace
+
+    from clapray.sweep import callbacks
+    from clapray.sweep.spec import TrialSpec
+
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "runs").write_text("not a folder")  # every write into runs/ fails
+    spec = TrialSpec(sweep="s", store=str(store), metric="avg_acc", workers_per_trial=1, gpus_per_worker=0.0,
+                     cpus_per_worker=1, retries=0)
+    cfg = from_mapping(RunConfig, {"name": "t"}, "test")
+    callback = callbacks.StoreStatusCallback(spec, {"base": 3})
+    config = {"cell": "base", "seed": 0, "configuration": "base#0", "run": cfg.to_dict()}
+    trial = SimpleNamespace(trial_id="t1", config=config, last_result={"tasks_done": 1}, error_file=None)
+    before = len(callbacks.RECORDING_FAILURES)
+    callback.on_trial_complete(0, [trial], trial)
+    callback.on_trial_error(0, [trial], trial)
+    assert len(callbacks.RECORDING_FAILURES) == before + 2
+    assert "trial t1: could not record its stop" in callbacks.RECORDING_FAILURES[before]
+    assert "could not record" in capsys.readouterr().err
+
+
+def test_a_changed_sweep_is_refused_before_anything_is_written(tmp_path):
+    """The README's own example after a quickstart: more trials and seeds on the finished store."""
+    from clapray.sweep.loader import load_sweep_config
+    from clapray.sweep.resolved import save_sweep
+
+    store = tmp_path / "store"
+    sweep = load_sweep_config(REPO / "sweeps" / "quickstart.yaml", [f"storage={store}"])
+    save_sweep(sweep, str(store / "quickstart"))
+    (store / "quickstart" / "runs").mkdir()
+    (store / "quickstart" / "runs" / "trial-x.parquet").write_bytes(b"rows")
+    digest = {p: p.read_bytes() for p in store.rglob("*") if p.is_file()}
+    proc = sweep_cli("sweeps/quickstart.yaml", "--storage", str(store), "--set", "search.trials_per_cell=4",
+                     "--set", "seeds=[0,1,2]", timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    line = proc.stderr.strip()
+    assert len(line.splitlines()) == 1, line
+    assert "changed: search.trials_per_cell (2 -> 4), seeds ([0] -> [0, 1, 2])" in line
+    assert "--set name=quickstart-2" in line
+    assert {p: p.read_bytes() for p in store.rglob("*") if p.is_file()} == digest
+    assert not list(store.rglob("*.lease"))

@@ -2,15 +2,18 @@
 
 Layout under a root (a local path, ``file://`` or ``s3://`` URI, or any ``pyarrow.fs`` filesystem)::
 
-    <root>/runs/<run_id>.parquet                  one row per run, rewritten after every task
-    <root>/tasks/<run_id>--task-<t:03d>.parquet      one row: the metrics after training task t
-    <root>/accuracy/<run_id>--task-<t:03d>.parquet   one row per evaluated task j <= t: a[t, j]
-    <root>/calibration/<run_id>--task-<t:03d>.parquet   one row per non-empty confidence bin after task t
+    <root>/runs/<run_id>.parquet          one row per run
+    <root>/tasks/<run_id>.parquet         one row per task t: the metrics after training task t
+    <root>/accuracy/<run_id>.parquet      one row per (task t, evaluated task j <= t): a[t, j]
+    <root>/calibration/<run_id>.parquet   one row per (task t, non-empty confidence bin)
+    <root>/<table>/part-<id>.parquet      the rows of many ended runs, after ``python -m clapray.results compact``
 
-The run writes its own rows as each task finishes (:class:`RunWriter`), so an interrupted run leaves
-readable results, and file names are deterministic, so a retried or resumed task overwrites its file
-rather than adding rows. Each directory is a Parquet dataset: ``pd.read_parquet("<root>/tasks")`` reads
-every file of it as one table. Two properties make that safe:
+The run writes its own rows as each task finishes (:class:`RunWriter`): each of its files is rewritten
+whole with every task so far, so an interrupted run leaves readable results and a retried or resumed task
+replaces its rows rather than adding them (:mod:`~clapray.results.files` has the layout,
+:mod:`~clapray.results.compact` the compaction, :mod:`~clapray.results.lease` the one-writer lease). Each
+directory is a Parquet dataset: ``pd.read_parquet("<root>/tasks")`` reads every file of it as one table.
+Two properties make that safe:
 
 * **Atomic files.** Local (and other renaming) filesystems get a temporary file named
   ``.<name>.<random>.tmp`` that is then moved over the final name. pyarrow's dataset discovery (used by
@@ -23,9 +26,10 @@ every file of it as one table. Two properties make that safe:
   annotation: ``int`` / ``int | None`` -> int64 (nullable), ``float`` -> float64, ``bool`` -> bool,
   ``str`` / ``Literal[...]`` -> string, ``tuple[...]`` -> a JSON list as a string (``'["cifar100"]'``:
   hashable, so ``groupby`` and ``==`` work on it in pandas, unlike list columns). Metric columns are
-  float64 with NaN for missing. Loss keys outside :data:`LOSS_KEYS` and timing keys outside
-  :data:`TIMING_KEYS`, and caller-supplied ``extra`` run columns, are appended after the fixed columns;
-  :func:`load_table` unifies all files' schemas, whereas ``pd.read_parquet(dir)`` may drop such columns.
+  float64 with NaN for missing. Every loss and timing the learner reports has its own column
+  (:data:`LOSS_KEYS`, :data:`TIMING_KEYS`); other keys go into the JSON column ``other_metrics``, and
+  caller-supplied ``extra`` run columns must be the same for every run of a store, like the ids. So
+  pandas, pyarrow, polars and DuckDB read every column of every table at their default options.
 
 The package: :mod:`~clapray.results.schema` (tables and their fixed schemas), :mod:`~clapray.results.writer`
 (:class:`RunWriter`), :mod:`~clapray.results.reader` (:func:`load_table`, :func:`aggregate`) and

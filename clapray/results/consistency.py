@@ -8,9 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.fs as pafs
 
+from clapray.fileio import data_files, resolve_filesystem
+from clapray.results.files import read_file, table_dir
 from clapray.results.reader import load_table
+from clapray.results.schema import TABLES
 
 # --------------------------------------------------------------------------------------------------
 # Consistency
@@ -30,15 +34,28 @@ def verify_consistency(root: str | Path | Sequence[str | Path], *, filesystem: p
     every ``tasks`` row's ``acc`` (A_t, the macro mean of row t), ``avg_acc`` (mean of A_0..A_t) and
     ``bwt`` (mean over j < t of a[t, j] - a[j, j], NaN at t = 0) are recomputed, as are the ``runs``
     row's ``last_acc``, ``avg_acc`` and ``bwt`` at ``tasks_done - 1``. Also reported: duplicate rows,
-    incomplete matrix rows, and task rows or run rows without accuracy rows. An empty list means
-    consistent.
+    incomplete matrix rows, task rows or run rows without accuracy rows, runs that have task or accuracy
+    rows but no ``runs`` row (a deleted or lost run file), and every file that cannot be read (truncated,
+    not Parquet), which is then left out of the other checks. An empty list means consistent.
     """
     from clapray import metrics  # imports torch; only needed here
 
-    runs = load_table(root, "runs", filesystem=filesystem)
-    tasks = load_table(root, "tasks", filesystem=filesystem)
-    accuracy = load_table(root, "accuracy", filesystem=filesystem)
     problems: list[str] = []
+    roots = [root] if isinstance(root, (str, Path)) else list(root)
+    for r in roots:
+        problems.extend(unreadable_files(r, filesystem=filesystem))
+    runs = load_table(root, "runs", filesystem=filesystem, skip_unreadable=True)
+    tasks = load_table(root, "tasks", filesystem=filesystem, skip_unreadable=True)
+    accuracy = load_table(root, "accuracy", filesystem=filesystem, skip_unreadable=True)
+
+    known = set(runs["run_id"].astype(str)) if len(runs) else set()
+    orphans: dict[str, list[str]] = {}
+    for name, frame in (("tasks", tasks), ("accuracy", accuracy)):
+        for run_id in sorted(set(frame["run_id"].astype(str)) - known) if len(frame) else ():
+            orphans.setdefault(run_id, []).append(name)
+    for run_id, names in sorted(orphans.items()):
+        problems.append(f"runs: no row for run {run_id}, which has {' and '.join(names)} rows (its runs file is "
+                        f"missing or unreadable)")
 
     for name, frame, key in (("tasks", tasks, ["run_id", "task"]),
                              ("accuracy", accuracy, ["run_id", "task", "eval_task"]),
@@ -94,3 +111,24 @@ def verify_consistency(root: str | Path | Sequence[str | Path], *, filesystem: p
         if n_task_rows != int(done):
             problems.append(f"{where}: tasks_done = {int(done)} but {n_task_rows} task rows")
     return problems
+
+
+def unreadable_files(root: str | Path, *, filesystem: pafs.FileSystem | None = None) -> list[str]:
+    """``"<table>: <path> is unreadable (<why>)"`` for every data file of ``root`` that cannot be read."""
+    fs, path = resolve_filesystem(root, filesystem)
+    out = []
+    for table in TABLES:
+        for file in data_files(fs, table_dir(path, table)):
+            if read_file(fs, file) is None:
+                out.append(f"{table}: {file} is unreadable ({_why_unreadable(fs, file)})")
+    return out
+
+
+def _why_unreadable(fs: pafs.FileSystem, path: str) -> str:
+    import pyarrow.parquet as pq
+
+    try:
+        pq.read_table(path, filesystem=fs)
+    except (OSError, pa.ArrowException) as err:
+        return str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+    return "unknown"

@@ -14,6 +14,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from clapray.fileio import data_files, resolve_filesystem
+from clapray.results.files import read_file
 from clapray.results.schema import TABLES, Table, accuracy_schema, calibration_schema, run_schema, task_schema
 
 # --------------------------------------------------------------------------------------------------
@@ -30,8 +31,10 @@ def _empty_schema(table: Table) -> pa.Schema:
     return accuracy_schema()
 
 
-def _read_dir(fs: pafs.FileSystem, directory: str) -> pa.Table | None:
+def _read_dir(fs: pafs.FileSystem, directory: str, skip_unreadable: bool = False) -> pa.Table | None:
     files = data_files(fs, directory)
+    if skip_unreadable:
+        files = [f for f in files if read_file(fs, f) is not None]
     if not files:
         return None
     factory = pads.FileSystemDatasetFactory(fs, files, pads.ParquetFileFormat())
@@ -42,13 +45,16 @@ def _read_dir(fs: pafs.FileSystem, directory: str) -> pa.Table | None:
 
 
 def load_table(root: str | Path | Sequence[str | Path], table: Table, *,
-               filesystem: pafs.FileSystem | None = None) -> pd.DataFrame:
+               filesystem: pafs.FileSystem | None = None, skip_unreadable: bool = False) -> pd.DataFrame:
     """Read one table of one or several stores into a DataFrame.
 
     Every file's schema is unified (pyarrow's permissive promotion), so columns only some files have
     appear with missing values elsewhere. Nullable int columns with a missing value come back as float64
     with NaN, as with ``pd.read_parquet``. A store with no file of ``table`` gives an empty frame with the
     table's fixed columns (without id or extra columns, which the store does not know yet).
+
+    An unreadable file (truncated, not Parquet) raises, unless ``skip_unreadable`` leaves it out
+    (:func:`~clapray.results.verify_consistency` names such files).
     """
     if table not in TABLES:
         raise ValueError(f"table {table!r}: expected one of {', '.join(TABLES)}")
@@ -56,7 +62,7 @@ def load_table(root: str | Path | Sequence[str | Path], table: Table, *,
     parts = []
     for r in roots:
         fs, path = resolve_filesystem(r, filesystem)
-        part = _read_dir(fs, f"{path}/{table}")
+        part = _read_dir(fs, f"{path}/{table}", skip_unreadable)
         if part is not None:
             parts.append(part)
     if not parts:

@@ -29,14 +29,24 @@ TABLES: tuple[str, ...] = ("runs", "tasks", "accuracy", "calibration")
 RunStatus = Literal["running", "finished", "error", "stopped"]
 RUN_STATUSES: tuple[str, ...] = ("running", "finished", "error", "stopped")
 
-# Losses and timings a run reports; each always has a column (NaN when a run lacks it) so that files of
-# runs with different methods still share one schema.
-LOSS_KEYS: tuple[str, ...] = ("train", "train_ce", "train_kd", "train_kl", "consolidation")
+# Every loss and timing the learner reports (ContinualLearner.learn_task: each phase's total, CE, KD and KL
+# terms and the prompt variant's own loss; the phase timings). Each always has a column (NaN when a run
+# lacks it: zero-shot trains nothing, a replay-free run never consolidates, only AttriCLIP has a prompt
+# loss), so every file of a table has the same columns whatever mix of methods a store holds. Keys outside
+# these lists (a new variant's) go into the JSON column ``other_metrics`` rather than new columns.
+LOSS_KEYS: tuple[str, ...] = (
+    "train", "train_ce", "train_kd", "train_kl", "train_prompt",
+    "consolidation", "consolidation_ce", "consolidation_kd", "consolidation_kl", "consolidation_prompt")
 TIMING_KEYS: tuple[str, ...] = ("train", "consolidate", "evaluate", "total")
+# Integer facts a task result may carry in ``TaskResult.extra``, each a fixed nullable column.
+COUNT_KEYS: tuple[str, ...] = ("n_steps", "n_consolidation_steps", "memory_size")
 
 SCHEMA_VERSION = "1"
 META_VERSION = b"clapray.results.version"
 META_IDS = b"clapray.results.ids"
+META_EXTRA = b"clapray.results.extra"
+# The run ids a compacted file holds (see clapray.results.compact).
+META_RUNS = b"clapray.results.runs"
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 ID_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
@@ -108,7 +118,8 @@ _TASK_HEAD: list[tuple[str, pa.DataType]] = [
     ("bwt", _F64), ("ece", _F64), ("ece_per_batch", _F64), ("phndd_auroc", _F64), ("phndd_aupr", _F64),
     ("phndd_fpr95", _F64), ("phndd_fpr95_at_least", _F64),
 ]
-_TASK_TAIL: list[tuple[str, pa.DataType]] = [("peak_memory_mb", _F64), ("n_steps", _I64)]
+_TASK_TAIL: list[tuple[str, pa.DataType]] = [
+    ("peak_memory_mb", _F64), *((k, _I64) for k in COUNT_KEYS), ("other_metrics", _STR)]
 _ACCURACY_COLUMNS: list[tuple[str, pa.DataType]] = [
     ("run_id", _STR), ("task", _I64), ("eval_task", _I64), ("acc", _F64), ("task_aware_acc", _F64),
     ("n_samples", _I64),
@@ -138,17 +149,16 @@ def timing_column(key: str) -> str:
 
 
 def _schema(ids: Sequence[pa.Field], columns: Iterable[tuple[str, pa.DataType]],
-            id_keys: Sequence[str]) -> pa.Schema:
-    meta = {META_VERSION: SCHEMA_VERSION.encode(), META_IDS: json.dumps(list(id_keys)).encode()}
+            id_keys: Sequence[str], extra_keys: Sequence[str] = ()) -> pa.Schema:
+    meta = {META_VERSION: SCHEMA_VERSION.encode(), META_IDS: json.dumps(list(id_keys)).encode(),
+            META_EXTRA: json.dumps(list(extra_keys)).encode()}
     return pa.schema([*ids, *(pa.field(n, t) for n, t in columns)], metadata=meta)
 
 
-def task_schema(ids: Sequence[pa.Field] = (), extra_losses: Sequence[str] = (),
-                extra_timings: Sequence[str] = ()) -> pa.Schema:
-    """Schema of a ``tasks`` file: ids, run_id, task metrics, fixed then extra loss/timing columns."""
+def task_schema(ids: Sequence[pa.Field] = ()) -> pa.Schema:
+    """Schema of a ``tasks`` file: ids, run_id, task metrics, every loss and timing column, counts."""
     cols = [*_TASK_HEAD, *((loss_column(k), _F64) for k in LOSS_KEYS),
-            *((timing_column(k), _F64) for k in TIMING_KEYS), *_TASK_TAIL,
-            *((loss_column(k), _F64) for k in extra_losses), *((timing_column(k), _F64) for k in extra_timings)]
+            *((timing_column(k), _F64) for k in TIMING_KEYS), *_TASK_TAIL]
     return _schema(ids, cols, [f.name for f in ids])
 
 
@@ -165,7 +175,7 @@ def calibration_schema(ids: Sequence[pa.Field] = ()) -> pa.Schema:
 def run_schema(ids: Sequence[pa.Field] = (), extra: Sequence[pa.Field] = ()) -> pa.Schema:
     """Schema of a ``runs`` file: ids, run_id, status and summaries, provenance, config fields, extras."""
     cols = [*_RUN_HEAD, *((f.name, f.type) for f in config_schema()), *((f.name, f.type) for f in extra)]
-    return _schema(ids, cols, [f.name for f in ids])
+    return _schema(ids, cols, [f.name for f in ids], [f.name for f in extra])
 
 
 def reserved_names() -> set[str]:

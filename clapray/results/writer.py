@@ -1,10 +1,11 @@
 """Writing one run's rows into the store as its tasks finish (:class:`RunWriter`).
 
-File names are deterministic, so a retried or resumed task overwrites its file rather than adding rows.
-Local (and other renaming) filesystems get a temporary file named ``.<name>.<random>.tmp`` that is then
-moved over the final name (pyarrow's dataset discovery skips names starting with ``.``, so a temporary
-file left by a crash is never read); object stores (S3, GCS, Azure) write the final key directly: one
-PUT is atomic there.
+Each run has one file per table (``<table>/<run_id>.parquet``), rewritten whole after every task with the
+rows of every task so far (from the run's history), so a retried or resumed task replaces its rows rather
+than adding them, and a store holds a few files per run rather than a few per task. Local (and other
+renaming) filesystems get a temporary file named ``.<name>.<random>.tmp`` that is then moved over the
+final name (pyarrow's dataset discovery skips names starting with ``.``, so a temporary file left by a
+crash is never read); object stores (S3, GCS, Azure) write the final key directly: one PUT is atomic there.
 """
 
 from __future__ import annotations
@@ -12,25 +13,28 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import json
+import logging
 import math
 import platform
-import re
 import subprocess
-import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from clapray.config import RunConfig
-from clapray.fileio import data_files, is_object_store, resolve_filesystem
+from clapray.fileio import resolve_filesystem
+from clapray.results.files import PART_PREFIX, list_table, read_file, run_file, table_dir, write_table_atomic
 from clapray.results.schema import (
+    COUNT_KEYS,
     ID_KEY,
     LOSS_KEYS,
+    META_EXTRA,
     META_IDS,
     RUN_STATUSES,
     SAFE_NAME,
@@ -49,30 +53,11 @@ from clapray.results.schema import (
 )
 from clapray.task_result import RunProvenance, TaskResult
 
+log = logging.getLogger(__name__)
+
 # Packages whose versions go into every run row (read from installed metadata, never imported).
 PROVENANCE_PACKAGES: tuple[str, ...] = (
     "clapray", "torch", "open_clip_torch", "numpy", "pyarrow", "pandas", "ray", "optuna")
-
-
-def write_table_atomic(fs: pafs.FileSystem, directory: str, name: str, table: pa.Table) -> None:
-    """Write ``directory/name`` so that readers see either the old file or the whole new one."""
-    final = f"{directory}/{name}"
-    if is_object_store(fs):
-        pq.write_table(table, final, filesystem=fs)
-        return
-    fs.create_dir(directory, recursive=True)
-    # A leading dot hides the temporary file from pyarrow's dataset discovery (and so from pandas).
-    tmp = f"{directory}/.{name}.{uuid.uuid4().hex[:12]}.tmp"
-    try:
-        pq.write_table(table, tmp, filesystem=fs)
-        fs.move(tmp, final)
-    except BaseException:
-        try:
-            fs.delete_file(tmp)
-        except OSError:
-            pass
-        raise
-
 
 
 # --------------------------------------------------------------------------------------------------
@@ -153,8 +138,10 @@ class RunWriter:
     def __init__(self, root: str | Path, run_id: str, config: RunConfig, *, ids: Mapping[str, Any] = {},
                  provenance: RunProvenance | None = None, extra: Mapping[str, Any] = {},
                  filesystem: pafs.FileSystem | None = None) -> None:
-        if not isinstance(run_id, str) or not SAFE_NAME.match(run_id) or run_id in (".", ".."):
-            raise ValueError(f"run_id {run_id!r}: use only letters, digits, '-', '_' and '.'")
+        if (not isinstance(run_id, str) or not SAFE_NAME.match(run_id) or run_id.startswith((".", "_"))
+                or run_id.startswith(PART_PREFIX)):
+            raise ValueError(f"run_id {run_id!r}: use only letters, digits, '-', '_' and '.', not starting with "
+                             f"'.', '_' or {PART_PREFIX!r}")
         self.fs, self.root = resolve_filesystem(root, filesystem)
         self.run_id = run_id
         self.config = config
@@ -174,7 +161,10 @@ class RunWriter:
             fld, self._extra[key] = scalar_field(key, value, "extra column")
             self._extra_fields.append(fld)
         self._run_schema = run_schema(self._id_fields, self._extra_fields)
-        self._check_store_ids()
+        runs_files = list_table(self.fs, self.root, "runs")
+        # A run folded into a compacted part is complete: its rows are read from there and never rewritten.
+        self.compacted_in = runs_files.part_of(run_id) if run_id not in runs_files.runs else None
+        self._check_store_ids(runs_files)
         git_sha, git_dirty = _git_state()
         self._row: dict[str, Any] = {
             "run_id": run_id, "status": "running", "error": None, "tasks_done": 0, "num_tasks": None,
@@ -191,7 +181,7 @@ class RunWriter:
                     "trainable_params": provenance.trainable_params,
                     "used_feature_cache": provenance.used_feature_cache}
         self._row.update(provided)
-        previous = self._read_own_row()
+        previous = self.stored_row()
         if previous is not None and previous.get("config_hash") == self._row["config_hash"]:
             for key in ("status", "error", "tasks_done", "num_tasks", "avg_acc", "last_acc", "bwt", "ece",
                         "ece_per_batch", "phndd_auroc", "phndd_aupr", "phndd_fpr95", "phndd_fpr95_at_least",
@@ -205,39 +195,69 @@ class RunWriter:
     # -- paths ---------------------------------------------------------------------------------------
 
     def _dir(self, table: Table) -> str:
-        return f"{self.root}/{table}"
+        return table_dir(self.root, table)
 
-    def _task_file(self, task: int) -> str:
-        return f"{self.run_id}--task-{task:03d}.parquet"
+    def _file_name(self) -> str:
+        return f"{self.run_id}.parquet"
 
     # -- store checks --------------------------------------------------------------------------------
 
-    def _check_store_ids(self) -> None:
-        """Refuse ids whose keys differ from those of an existing run file of the store."""
-        own = f"{self._dir('runs')}/{self.run_id}.parquet"
-        others = [p for p in data_files(self.fs, self._dir("runs")) if p != own]
-        if not others:
-            return
-        meta = pq.read_schema(others[0], filesystem=self.fs).metadata or {}
-        if META_IDS not in meta:
-            return
-        theirs = json.loads(meta[META_IDS])
-        if theirs != list(self._ids):
-            raise ValueError(f"ids {list(self._ids)} differ from the id columns {theirs} of the runs already in "
-                             f"{self.root}: every file of a store must use the same id keys")
+    def _check_store_ids(self, runs_files) -> None:
+        """Refuse id (or extra) keys that differ from those of the runs already in the store.
 
-    def _read_own_row(self) -> dict[str, Any] | None:
-        path = f"{self._dir('runs')}/{self.run_id}.parquet"
-        if self.fs.get_file_info(path).type != pafs.FileType.File:
+        The first readable file of another run decides; unreadable files (a truncated file, say) are
+        skipped, so one damaged file never stops other runs from writing.
+        """
+        others = [p for r, p in sorted(runs_files.runs.items()) if r != self.run_id] + sorted(runs_files.parts)
+        for path in others:
+            try:
+                meta = pq.read_schema(path, filesystem=self.fs).metadata or {}
+            except (OSError, pa.ArrowException):
+                log.warning("%s: unreadable, skipped when checking the store's id columns", path)
+                continue
+            if META_IDS not in meta:
+                return
+            theirs = json.loads(meta[META_IDS])
+            if theirs != list(self._ids):
+                raise ValueError(f"ids {list(self._ids)} differ from the id columns {theirs} of the runs already "
+                                 f"in {self.root}: every file of a store must use the same id keys")
+            extra = json.loads(meta.get(META_EXTRA, b"[]"))
+            if extra != list(self._extra):
+                raise ValueError(f"extra columns {list(self._extra)} differ from {extra} of the runs already in "
+                                 f"{self.root}: every file of a store must have the same columns")
+            return
+
+    def _read_own(self, table: Table) -> pa.Table | None:
+        """This run's rows of ``table`` (from its own file or its compacted part); None when missing or
+        unreadable."""
+        if self.compacted_in is None:
+            return read_file(self.fs, run_file(self.root, table, self.run_id))
+        part = list_table(self.fs, self.root, table).part_of(self.run_id)
+        if part is None:
             return None
-        rows = pq.read_table(path, filesystem=self.fs).to_pylist()
+        rows = read_file(self.fs, part)
+        if rows is None:
+            return None
+        return rows.filter(pc.equal(rows.column("run_id"), self.run_id))
+
+    def stored_row(self) -> dict[str, Any] | None:
+        """This run's row in ``runs`` as the store holds it now (None if missing or unreadable)."""
+        rows = self._read_own("runs")
+        if rows is None:
+            return None
+        rows = rows.to_pylist()
         return rows[0] if rows else None
+
+    def _refuse_if_compacted(self) -> None:
+        if self.compacted_in is not None:
+            raise RunCompacted(f"run {self.run_id} was compacted into {self.compacted_in}: it is complete and "
+                               f"its rows are not rewritten")
 
     # -- writing -------------------------------------------------------------------------------------
 
     def write_task(self, result: TaskResult, history: Sequence[TaskResult], *, wall_s: float | None = None,
                    gpu_s: float | None = None) -> None:
-        """Write task ``result.task``'s rows and rewrite the run row.
+        """Write the rows of tasks 0..``result.task`` (from ``history``) and rewrite the run row.
 
         Args:
             result: the task just finished.
@@ -247,51 +267,37 @@ class RunWriter:
                 ``history`` (task time only, comparable across resumes).
             gpu_s: GPU seconds so far; NaN (the default when never given) on CPU runs.
 
-        The run row's status becomes "finished" after the last task and "running" before it. Its
-        summaries: ``avg_acc``, ``last_acc``, ``bwt``, ``ece``, ``ece_per_batch`` are those of ``result``;
-        ``phndd_*`` are means over the steps that have novelty detection (every step but the last, when
-        enabled); ``peak_memory_mb`` is the maximum over ``history``.
+        Each table's file of this run is rewritten whole with the rows of every task in ``history``, so
+        a retried task replaces its rows and a later task never depends on an earlier write having
+        survived. The run row's status becomes "finished" after the last task and "running" before it.
+        Its summaries: ``avg_acc``, ``last_acc``, ``bwt``, ``ece``, ``ece_per_batch`` are those of
+        ``result``; ``phndd_*`` are means over the steps that have novelty detection (every step but the
+        last, when enabled); ``peak_memory_mb`` is the maximum over ``history``.
         """
         self._check_history(result, history)
+        self._refuse_if_compacted()
+        for earlier in history:
+            self._check_result(earlier)
         ids_and_run = {**self._ids, "run_id": self.run_id}
-        t = result.task
-        acc_rows = [{**ids_and_run, "task": t, "eval_task": j, "acc": _float(result.accuracy_row[j]),
-                     "task_aware_acc": _float(result.task_aware_row[j]) if result.task_aware_row else math.nan,
-                     "n_samples": int(result.n_eval[j]) if result.n_eval else None}
-                    for j in range(len(result.accuracy_row))]
-        # Calibration and accuracy first, then the task row: a task file therefore implies the others, and
-        # finished_tasks() (which lists task files) never reports a task whose matrix row is missing.
-        bins = result.calibration
-        if bins is not None:
-            cal_rows = [{**ids_and_run, "task": t, "n_bins": bins.n_bins, "bin": bins.bin[k], "lower": bins.lower[k],
-                         "upper": bins.upper[k], "count": bins.count[k], "mean_confidence": bins.confidence[k],
-                         "accuracy": bins.accuracy[k]} for k in range(len(bins.bin))]
-            write_table_atomic(self.fs, self._dir("calibration"), self._task_file(t),
-                         pa.Table.from_pylist(cal_rows, schema=calibration_schema(self._id_fields)))
-        write_table_atomic(self.fs, self._dir("accuracy"), self._task_file(t),
-                     pa.Table.from_pylist(acc_rows, schema=accuracy_schema(self._id_fields)))
-        extra_losses = sorted(k for k in result.losses if k not in LOSS_KEYS)
-        extra_timings = sorted(k for k in result.timings if k not in TIMING_KEYS)
-        phndd = result.phndd
-        row = {**ids_and_run, "task": t, "num_tasks": result.num_tasks, "last_acc": _float(result.last_acc),
-               "avg_acc": _float(result.avg_acc), "bwt": _float(result.bwt), "ece": _float(result.ece),
-               "ece_per_batch": _float(result.ece_per_batch),
-               "phndd_auroc": _float(phndd.auroc) if phndd else math.nan,
-               "phndd_aupr": _float(phndd.aupr) if phndd else math.nan,
-               "phndd_fpr95": _float(phndd.fpr95) if phndd else math.nan,
-               "phndd_fpr95_at_least": _float(phndd.fpr95_at_least) if phndd else math.nan,
-               "peak_memory_mb": _float(result.peak_memory_mb),
-               "n_steps": int(result.extra["n_steps"]) if result.extra.get("n_steps") is not None else None}
-        for key in (*LOSS_KEYS, *extra_losses):
-            row[loss_column(key)] = _float(result.losses.get(key))
-        for key in (*TIMING_KEYS, *extra_timings):
-            row[timing_column(key)] = _float(result.timings.get(key))
-        schema = task_schema(self._id_fields, extra_losses, extra_timings)
-        write_table_atomic(self.fs, self._dir("tasks"), self._task_file(t), pa.Table.from_pylist([row], schema=schema))
+        acc_rows, cal_rows, task_rows = [], [], []
+        for res in history:
+            acc_rows.extend(_accuracy_rows(ids_and_run, res))
+            cal_rows.extend(_calibration_rows(ids_and_run, res))
+            task_rows.append(_task_row(ids_and_run, res))
+        # Calibration and accuracy first, then tasks, then the run row: a task row therefore implies its
+        # matrix row, and a run row's tasks_done never exceeds the task rows written.
+        if cal_rows:
+            write_table_atomic(self.fs, self._dir("calibration"), self._file_name(),
+                               pa.Table.from_pylist(cal_rows, schema=calibration_schema(self._id_fields)))
+        write_table_atomic(self.fs, self._dir("accuracy"), self._file_name(),
+                           pa.Table.from_pylist(acc_rows, schema=accuracy_schema(self._id_fields)))
+        write_table_atomic(self.fs, self._dir("tasks"), self._file_name(),
+                           pa.Table.from_pylist(task_rows, schema=task_schema(self._id_fields)))
 
         def mean_of(attr: str) -> float:
             return _nanmean([_float(getattr(r.phndd, attr)) for r in history if r.phndd is not None])
 
+        t = result.task
         totals = [r.timings["total"] for r in history if "total" in r.timings]
         peaks = [v for v in (_float(r.peak_memory_mb) for r in history) if not math.isnan(v)]
         self._row.update({
@@ -319,6 +325,7 @@ class RunWriter:
             raise ValueError(f"status {status!r}: expected one of {', '.join(RUN_STATUSES)}")
         if error is not None and not isinstance(error, str):
             raise TypeError(f"error: expected a string or None, got {type(error).__name__}")
+        self._refuse_if_compacted()
         self._row["status"], self._row["error"] = status, error
         if wall_s is not None:
             self._row["wall_s"] = _float(wall_s)
@@ -327,14 +334,18 @@ class RunWriter:
         self._write_run_row()
 
     def finished_tasks(self) -> list[int]:
-        """The tasks of this run that have a ``tasks`` file in the store, ascending (for resuming)."""
-        pattern = re.compile(rf"^{re.escape(self.run_id)}--task-(\d+)\.parquet$")
-        found = []
-        for path in data_files(self.fs, self._dir("tasks")):
-            match = pattern.match(path.rsplit("/", 1)[-1])
-            if match:
-                found.append(int(match.group(1)))
-        return sorted(found)
+        """The tasks of this run that have a ``tasks`` row in the store, ascending (for resuming)."""
+        rows = self._read_own("tasks")
+        if rows is None:
+            return []
+        return sorted(int(t) for t in rows.column("task").to_pylist())
+
+    def holds_complete_run(self, num_tasks: int) -> bool:
+        """Whether the store holds every row of this run finished after ``num_tasks`` tasks (readable)."""
+        row, accuracy = self.stored_row(), self._read_own("accuracy")
+        return (row is not None and row.get("status") == "finished" and row.get("tasks_done") == num_tasks
+                and self.finished_tasks() == list(range(num_tasks))
+                and accuracy is not None and accuracy.num_rows == num_tasks * (num_tasks + 1) // 2)
 
     def _check_history(self, result: TaskResult, history: Sequence[TaskResult]) -> None:
         if not 0 <= result.task < result.num_tasks:
@@ -343,6 +354,9 @@ class RunWriter:
         if [r.task for r in history] != list(range(result.task + 1)):
             raise ValueError(f"history: expected the results of tasks 0..{result.task} ending with this result, "
                              f"got tasks {[r.task for r in history]}")
+
+    @staticmethod
+    def _check_result(result: TaskResult) -> None:
         n = result.task + 1
         if len(result.accuracy_row) != n:
             raise ValueError(f"accuracy_row: expected {n} entries (tasks 0..{result.task}), "
@@ -354,7 +368,51 @@ class RunWriter:
     def _write_run_row(self) -> None:
         self._row["updated_at"] = _now()
         row = {**self._ids, **self._row, **config_values(self.config), **self._extra}
-        write_table_atomic(self.fs, self._dir("runs"), f"{self.run_id}.parquet",
-                     pa.Table.from_pylist([row], schema=self._run_schema))
+        write_table_atomic(self.fs, self._dir("runs"), self._file_name(),
+                           pa.Table.from_pylist([row], schema=self._run_schema))
 
 
+class RunCompacted(RuntimeError):
+    """A writer was asked to rewrite a run whose rows were folded into a compacted part."""
+
+
+def _accuracy_rows(ids_and_run: Mapping[str, Any], result: TaskResult) -> list[dict[str, Any]]:
+    t = result.task
+    return [{**ids_and_run, "task": t, "eval_task": j, "acc": _float(result.accuracy_row[j]),
+             "task_aware_acc": _float(result.task_aware_row[j]) if result.task_aware_row else math.nan,
+             "n_samples": int(result.n_eval[j]) if result.n_eval else None}
+            for j in range(len(result.accuracy_row))]
+
+
+def _calibration_rows(ids_and_run: Mapping[str, Any], result: TaskResult) -> list[dict[str, Any]]:
+    bins = result.calibration
+    if bins is None:
+        return []
+    return [{**ids_and_run, "task": result.task, "n_bins": bins.n_bins, "bin": bins.bin[k], "lower": bins.lower[k],
+             "upper": bins.upper[k], "count": bins.count[k], "mean_confidence": bins.confidence[k],
+             "accuracy": bins.accuracy[k]} for k in range(len(bins.bin))]
+
+
+def _task_row(ids_and_run: Mapping[str, Any], result: TaskResult) -> dict[str, Any]:
+    """The ``tasks`` row of one result: every fixed column; loss or timing keys outside the fixed lists go
+    into ``other_metrics`` (JSON), so the table keeps one schema."""
+    phndd = result.phndd
+    row = {**ids_and_run, "task": result.task, "num_tasks": result.num_tasks, "last_acc": _float(result.last_acc),
+           "avg_acc": _float(result.avg_acc), "bwt": _float(result.bwt), "ece": _float(result.ece),
+           "ece_per_batch": _float(result.ece_per_batch),
+           "phndd_auroc": _float(phndd.auroc) if phndd else math.nan,
+           "phndd_aupr": _float(phndd.aupr) if phndd else math.nan,
+           "phndd_fpr95": _float(phndd.fpr95) if phndd else math.nan,
+           "phndd_fpr95_at_least": _float(phndd.fpr95_at_least) if phndd else math.nan,
+           "peak_memory_mb": _float(result.peak_memory_mb)}
+    for key in LOSS_KEYS:
+        row[loss_column(key)] = _float(result.losses.get(key))
+    for key in TIMING_KEYS:
+        row[timing_column(key)] = _float(result.timings.get(key))
+    for key in COUNT_KEYS:
+        value = result.extra.get(key)
+        row[key] = int(value) if value is not None else None
+    other = {**{loss_column(k): float(v) for k, v in result.losses.items() if k not in LOSS_KEYS},
+             **{timing_column(k): float(v) for k, v in result.timings.items() if k not in TIMING_KEYS}}
+    row["other_metrics"] = json.dumps(other, sort_keys=True) if other else None
+    return row

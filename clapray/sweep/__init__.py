@@ -10,7 +10,9 @@ Layers, from the YAML to Ray:
 * :mod:`~clapray.sweep.driver` — the Ray Tune run; :mod:`~clapray.sweep.search` — one Optuna search and one
   ASHA per cell; :mod:`~clapray.sweep.trial` — a trial as a Ray Train ``TorchTrainer`` running the learner;
   :mod:`~clapray.sweep.callbacks` — progress lines and trial outcomes in the store;
-  :mod:`~clapray.sweep.spec` — the frozen dataclasses that cross the Ray boundary.
+  :mod:`~clapray.sweep.spec` — the frozen dataclasses that cross the Ray boundary;
+  :mod:`~clapray.sweep.resolved` — the resolved sweep saved in the store, a changed sweep refused;
+  :mod:`~clapray.sweep.recovery` — the store reconciled with Ray Tune's state (restore, quarantine).
 
 Importing this package (or the model, loader and describe modules) imports neither Ray nor Optuna.
 """

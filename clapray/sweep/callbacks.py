@@ -126,8 +126,18 @@ class ProgressPrinter(Callback):
             self._print(line)
 
 
+# Failures of the store-status callback in this driver process, as "trial <id>: <what>: <error>" lines.
+# A failed status write never stops the sweep; the driver reconciles the store with Ray Tune's final
+# state after the run (clapray.sweep.recovery), which records the status again, and reports these lines.
+RECORDING_FAILURES: list[str] = []
+
+
 class StoreStatusCallback(Callback):
-    """Record in ``runs`` what only the driver knows: a trial stopped early by ASHA, or failed for good."""
+    """Record in ``runs`` what only the driver knows: a trial stopped early by ASHA, or failed for good.
+
+    A write that fails (storage unreachable, a damaged file) is contained: one line on stderr, an entry in
+    :data:`RECORDING_FAILURES`, and the sweep goes on.
+    """
 
     def __init__(self, spec: TrialSpec, num_tasks: dict[str, int]):
         self.spec = spec
@@ -139,15 +149,31 @@ class StoreStatusCallback(Callback):
         identity = TrialIdentity.of(self.spec.sweep, trial.trial_id, trial.config)
         return identity.open_writer(self.spec.store, trial_run_config(trial.config, trial.trial_id))
 
+    def _record(self, trial, what: str, record) -> None:
+        try:
+            record()
+        except Exception as err:  # never let a status write end the sweep
+            line = f"trial {trial.trial_id}: could not record {what}: {type(err).__name__}: {err}"
+            RECORDING_FAILURES.append(line)
+            print(f"warning: {line} (recorded again when the sweep ends)", file=sys.stderr, flush=True)
+
+    def _mark(self, trial, status: str, reason: str) -> None:
+        writer = self._writer(trial)
+        if writer.compacted_in is not None or writer.holds_complete_run(self.num_tasks[trial.config["cell"]]):
+            return  # every task is in the store: what happened to the trial afterwards changes nothing
+        writer.mark(status, reason)  # type: ignore[arg-type]
+
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result or {}
         if result.get("diverged"):
             return  # the worker recorded the error itself
-        if result.get("tasks_done", 0) < self.num_tasks[trial.config["cell"]]:
-            self._writer(trial).mark("stopped", f"stopped by the scheduler after task {result.get('tasks_done', 0)}")
+        done = result.get("tasks_done", 0)
+        if done < self.num_tasks[trial.config["cell"]]:
+            self._record(trial, "its stop", lambda: self._mark(trial, "stopped",
+                                                              f"stopped by the scheduler after task {done}"))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._writer(trial).mark("error", last_error_line(trial))
+        self._record(trial, "its failure", lambda: self._mark(trial, "error", last_error_line(trial)))
 
 
 def last_error_line(trial) -> str:

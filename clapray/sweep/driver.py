@@ -97,21 +97,58 @@ def _share_features(sweep: SweepConfig, store_root: str, out) -> dict[str, list[
 
 
 def run_sweep(sweep: SweepConfig, *, address: str | None = None, out=None) -> Any:
-    """Run (or resume) ``sweep``; returns Ray Tune's ResultGrid."""
+    """Run (or resume) ``sweep``; returns Ray Tune's ResultGrid.
+
+    Before anything is written: a changed sweep is refused (:mod:`clapray.sweep.resolved`) and the store's
+    lease is taken (:mod:`clapray.results.lease`; a second driver is refused). A resumed sweep's store is
+    then reconciled with Ray Tune's saved state, and again with its final state after the run
+    (:mod:`clapray.sweep.recovery`).
+    """
+    from clapray.results.lease import held_lease
+    from clapray.sweep.resolved import check_same_sweep, save_sweep
+
+    out = out or sys.stdout
+    root = sweep_root(sweep)
+    check_same_sweep(sweep, root)  # read-only: a refusal leaves the store as it was
+    num_tasks = cell_task_counts(sweep)
+    _prepare_pretrained_backbones(sweep)
+    with held_lease(root) as lease:
+        if not check_same_sweep(sweep, root):  # again under the lease: another driver may have saved one
+            save_sweep(sweep, root)
+        grid = _run_tuner(sweep, root, num_tasks, address=address, out=out)
+        if lease.lost_to is None:
+            _reconcile_after(sweep, root, num_tasks, out)
+    return grid
+
+
+def _trial_spec(sweep: SweepConfig, root: str) -> TrialSpec:
+    res = sweep.resources
+    return TrialSpec(sweep=sweep.name, store=root, metric=sweep.search.metric,
+                     workers_per_trial=res.workers_per_trial, gpus_per_worker=res.gpus_per_worker,
+                     cpus_per_worker=res.cpus_per_worker, retries=sweep.retries)
+
+
+def _run_tuner(sweep: SweepConfig, root: str, num_tasks: dict[str, int], *, address: str | None, out) -> Any:
     configure_ray_environment()
     import ray
     import ray.tune
 
     from clapray.sweep.callbacks import ProgressPrinter, StoreStatusCallback
+    from clapray.sweep.recovery import reconcile, trials_from_experiment
     from clapray.sweep.search import CellSearch, PerCellASHA
     from clapray.sweep.studies import StudyJournal
     from clapray.sweep.trial import trial_driver
 
-    out = out or sys.stdout
-    num_tasks = cell_task_counts(sweep)
-    _prepare_pretrained_backbones(sweep)
-    root = sweep_root(sweep)
     res = sweep.resources
+    spec = _trial_spec(sweep, root)
+    experiment = root
+    restoring = ray.tune.Tuner.can_restore(experiment)
+    # The store must hold what Tune's saved state implies before Tune acts on that state (and a store that
+    # cannot be repaired is refused before Ray starts).
+    repaired = reconcile(spec, trials_from_experiment(experiment) if restoring else [], num_tasks,
+                         errored_resume=True)
+    if repaired.line():
+        print(repaired.line(), file=out, flush=True)
     if not ray.is_initialized():
         if address:
             ray.init(address=address, log_to_driver=False)
@@ -119,9 +156,6 @@ def run_sweep(sweep: SweepConfig, *, address: str | None = None, out=None) -> An
             # A local Ray: the trial drivers use a logical resource so they never compete with the Train
             # workers for this machine's CPUs; on a cluster the head node advertises it (cluster/aws.yaml).
             ray.init(resources={"train_driver": 1000}, log_to_driver=False, include_dashboard=None)
-    spec = TrialSpec(sweep=sweep.name, store=root, metric=sweep.search.metric,
-                     workers_per_trial=res.workers_per_trial, gpus_per_worker=res.gpus_per_worker,
-                     cpus_per_worker=res.cpus_per_worker, retries=sweep.retries)
     feature_refs = _share_features(sweep, spec.feature_store, out)
     trainable = ray.tune.with_resources(ray.tune.with_parameters(trial_driver, feature_refs=feature_refs),
                                         {"cpu": 0, "train_driver": 1})
@@ -129,8 +163,7 @@ def run_sweep(sweep: SweepConfig, *, address: str | None = None, out=None) -> An
     tune_run_config = ray.tune.RunConfig(
         name=sweep.name, storage_path=sweep.storage_path(), verbose=0, callbacks=callbacks,
         failure_config=ray.tune.FailureConfig(max_failures=sweep.retries))
-    experiment = root
-    if ray.tune.Tuner.can_restore(experiment):
+    if restoring:
         print(f"resuming sweep {sweep.name} from {experiment}", file=out)
         tuner = ray.tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True,
                                        param_space={"trainer": spec})
@@ -151,3 +184,17 @@ def run_sweep(sweep: SweepConfig, *, address: str | None = None, out=None) -> An
     print(f"sweep {sweep.name}: {states[True]} complete, {states[False]} incomplete trials in "
           f"{time.perf_counter() - start:.0f}s; results in {root}/{{runs,tasks,accuracy}}", file=out)
     return grid
+
+
+def _reconcile_after(sweep: SweepConfig, root: str, num_tasks: dict[str, int], out) -> None:
+    """Record again what a failed status write missed, and check the store against Tune's final state."""
+    from clapray.sweep.callbacks import RECORDING_FAILURES
+    from clapray.sweep.recovery import reconcile, trials_from_experiment
+
+    if RECORDING_FAILURES:
+        print(f"{len(RECORDING_FAILURES)} trial outcome(s) could not be recorded during the sweep; recording them "
+              f"from Ray Tune's final state", file=out)
+    # Tune's saved state, written as the run ended: the status of every trial, ended or (after Ctrl-C) not.
+    repaired = reconcile(_trial_spec(sweep, root), trials_from_experiment(root), num_tasks)
+    if repaired.line():
+        print(repaired.line(), file=out, flush=True)

@@ -7,10 +7,20 @@ the Parquet store before reporting, with deterministic file names, so a retried 
 A failed worker group is restarted by Ray Train from the last task's checkpoint; a failed trial driver is
 restarted by Ray Tune and finds the same Train run (its name is derived from the trial id), so it resumes
 from the same checkpoint.
+
+A Train run can outlive the Tune state that knows it: a sweep driver killed after a trial's last task but
+before Ray Tune saved that trial's final result restores the trial as still running. Its Train run then
+resumes from the final checkpoint with nothing left to train; the workers report the final task's metrics
+again (from the checkpoint) so that Tune, ASHA and the searcher see the trial complete, and rank 0 first
+rewrites the trial's rows if the store lacks them. (Reporting nothing would end the trial with Tune's
+stale last result: no metric at all, Ray Tune's "Trial returned a result which did not include the
+specified metric(s)" error that stops the whole sweep, or an earlier task's, recording a finished trial as
+stopped.)
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -23,6 +33,7 @@ import ray.train.torch
 import ray.tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from clapray.sweep.recovery import PROVENANCE_FILE
 from clapray.sweep.spec import TrialIdentity, TrialSpec, WorkerPlan, trial_run_config
 
 # Fault injection for tests and drills: "TASK:MARKER" makes the worker raise right after finishing task
@@ -84,6 +95,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as folder:
             learner.load(Path(folder) / "learner.pt")
     writer = identity.open_writer(spec.store, cfg, learner.provenance()) if rank == 0 else None
+    if learner.num_tasks and learner.tasks_done == learner.num_tasks:
+        report_completed_run(learner, writer)
+        return
     start = time.perf_counter()
     for task in range(learner.tasks_done, learner.num_tasks):
         try:
@@ -101,10 +115,26 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                 gpu_s = (time.perf_counter() - start) if device.type == "cuda" else None
                 writer.write_task(result, learner.history, gpu_s=gpu_s)
                 learner.save(Path(folder) / "learner.pt")
+                # What the store's run row records beside the config, so a lost row can be restored from here.
+                provenance = learner.provenance()
+                (Path(folder) / PROVENANCE_FILE).write_text(json.dumps({
+                    "dataset_fingerprint": provenance.dataset_fingerprint,
+                    "trainable_params": provenance.trainable_params,
+                    "used_feature_cache": provenance.used_feature_cache}))
                 report_checkpoint = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(task_metrics(result, learner.num_tasks), checkpoint=report_checkpoint,
                              checkpoint_dir_name=f"task_{task:03d}")
         maybe_inject_failure(task, identity.run_id)
+
+
+def report_completed_run(learner, writer) -> None:
+    """A resumed Train run whose every task is done: make sure the store has its rows, report the last task.
+
+    Rank 0 rewrites the rows from the checkpoint's history unless the store already holds all of them
+    (a compacted run always does); every rank reports, as Ray Train expects of each worker."""
+    if writer is not None and writer.compacted_in is None and not writer.holds_complete_run(learner.num_tasks):
+        writer.write_task(learner.history[-1], learner.history)
+    ray.train.report(task_metrics(learner.history[-1], learner.num_tasks))
 
 
 def trial_driver(config: dict[str, Any], feature_refs: dict[str, list[Any]] | None = None) -> None:

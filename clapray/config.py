@@ -60,10 +60,10 @@ class BackboneConfig(TypedConfig):
     cache_dir: str | None = config_field(None, doc="where downloaded weights are cached; null = open_clip's default")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = config_field(
         "auto", doc="precision: auto = the towers in bf16 autocast on GPU and fp32 on CPU, trainable modules "
-        "fp32; fp32; bf16 = bf16 autocast towers, fp32 trainable modules; fp16 = the official code's all-half "
-        "model: towers cast to half AND the trainable modules (VGA, adapters, task tokens, prompts) half "
-        "parameters trained by plain SGD in fp16, no loss scaling (GPU only; fragile: the sigma init underflows, "
-        "§2/P5)")
+        "fp32; fp32 = everything fp32; bf16 = bf16 autocast towers, fp32 trainable modules; fp16 = the official "
+        "code's all-half model: towers cast to half AND the trainable modules (VGA, adapters, task tokens, "
+        "prompts) half parameters trained by plain SGD in fp16, no loss scaling (GPU only; fragile: the sigma "
+        "init underflows, §2/P5)")
 
 
 @dataclass(frozen=True)

@@ -263,6 +263,11 @@ class EvalConfig(TypedConfig):
     protocol: Literal["per_task", "mixed"] = config_field(
         "per_task", doc="per_task = one loader per task's test set (official: VGA context holds one task); "
         "mixed = batches drawn across all seen tasks (a robustness check, P1)")
+    order: Literal["shuffled", "sorted"] = config_field(
+        "shuffled", doc="order of the evaluation images before batching: shuffled = a seeded random order "
+        "fixed per run (from seeds.class_order; official: each task's test indices shuffled once, so a batch "
+        "mixes that task's classes; the future tasks' images for novelty detection as one shuffled stream); "
+        "sorted = dataset order (one or two classes per batch on class-sorted data)")
     split: Literal["test", "val"] = config_field("test", doc="evaluate on the test set or the validation split")
     ece_bins: int = config_field(15, doc="confidence bins of ECE", ge=1)
     phndd: bool = config_field(True, doc="post-hoc novel data detection (energy score) at every step but the last")

@@ -26,6 +26,7 @@ object.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import resource
@@ -58,7 +59,7 @@ from clapray.model.prompts import PromptText, build_prompt_variant, variant_clas
 from clapray.model.prompts.zeroshot import zero_shot_logits
 from clapray.model.text_features import template_text_features
 from clapray.model.vga import task_attention_mask
-from clapray.sampling import PlannedViews, derive_seed, epoch_plan, seed_phase
+from clapray.sampling import PlannedViews, derive_seed, epoch_plan, evaluation_batches, seed_phase
 from clapray.schedule import cosine_with_warmup, warmup_steps
 from clapray.task_result import RunProvenance, TaskResult
 
@@ -326,19 +327,31 @@ class ContinualLearner:
         for images, batch_labels in self._make_loader(dataset, batch_size):
             yield self.prompt.encode_images(images.to(self.device, non_blocking=True)), batch_labels.to(self.device)
 
-    def _image_batches(self, split: Any, indices: np.ndarray) -> Iterator[Tensor]:
-        """Embeddings ``[B, d]`` of ``split[indices]`` in its evaluation view (no flip), in order."""
+    def _image_batches(self, split: Any, indices: np.ndarray, batch_sizes: Sequence[int] | None = None
+                       ) -> Iterator[Tensor]:
+        """Embeddings ``[B, d]`` of ``split[indices]`` in its evaluation view (no flip), in order, in
+        consecutive batches of ``batch_sizes`` (default: the evaluation batch)."""
         bs = self.eval_batch_size
+        if batch_sizes is None:
+            batch_sizes = [min(bs, len(indices) - s) for s in range(0, len(indices), bs)]
+        bounds = np.cumsum([0, *batch_sizes])
         features = self.features
         if features is not None:
             table = features.test if split is self.scenario.benchmark.test else features.train[0]
             idx = torch.from_numpy(np.array(indices, dtype=np.int64))  # a copy: scenario arrays are read-only
-            for s in range(0, len(idx), bs):
-                yield table[idx[s:s + bs]].to(self.device, non_blocking=True)
+            for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+                yield table[idx[start:end]].to(self.device, non_blocking=True)
             return
         subset = TaskSubset(split, indices, self.scenario.label_map, self.backbone.preprocess)
-        for images, _, _ in self._make_loader(subset, bs):
-            yield self.prompt.encode_images(images.to(self.device, non_blocking=True))
+        images = iter(self._make_loader(subset, bs))
+        pending: list[Tensor] = []
+        for size in batch_sizes:
+            # Re-cut the loader's fixed-size batches into the planned ones (which never cross a task).
+            while sum(len(p) for p in pending) < size:
+                pending.append(next(images)[0])
+            joined = torch.cat(pending)
+            pending = [joined[size:]] if len(joined) > size else []
+            yield self.prompt.encode_images(joined[:size].to(self.device, non_blocking=True))
 
     def _fit(self, indices: np.ndarray, setup: TaskSetup, params: Sequence[torch.nn.Parameter],
              phase: phases.Phase) -> phases.PhaseStats:
@@ -456,30 +469,48 @@ class ContinualLearner:
     @torch.no_grad()
     def evaluate_task(self, task: int, setup: TaskSetup) -> dict[str, Any]:
         """Accuracy row, calibration and novelty detection after ``task`` (§13)."""
-        scenario = self.scenario
-        if self.cfg.eval.protocol == "per_task":
-            # One loader per task (official): each batch, hence each VGA context, holds one task's images.
-            parts = [self._predict(self._image_batches(scenario.eval_split, scenario.eval_indices(j)), setup)[0]
-                     for j in range(task + 1)]
-            tasks = np.concatenate([np.full(len(p), j) for j, p in enumerate(parts)])
-            targets = np.concatenate([np.asarray(scenario.eval_targets)[scenario.eval_indices(j)]
-                                      for j in range(task + 1)])
-            logits = torch.cat(parts)
-        else:
-            # Mixed batches across all seen tasks, in a fixed shuffled order.
-            indices = np.concatenate([scenario.eval_indices(j) for j in range(task + 1)])
-            order = np.random.default_rng([self.cfg.seeds.init, task]).permutation(len(indices))
-            indices = indices[order]
-            logits = self._predict(self._image_batches(scenario.eval_split, indices), setup)[0]
-            targets = np.asarray(scenario.eval_targets)[indices]
-            tasks = np.asarray(scenario.task_of_class)[targets]
+        scenario, options = self.scenario, self.cfg.eval
+        # The batch order is drawn from the data seed, so runs that differ only in their training see the
+        # same evaluation batches (paired comparisons), at every step of a run.
+        batching = dict(batch_size=self.eval_batch_size, shuffled=options.order == "shuffled",
+                        seed=self.cfg.seeds.class_order)
+        seen = evaluation_batches([scenario.eval_indices(j) for j in range(task + 1)],
+                                  mixed=options.protocol == "mixed", stream="seen", **batching)
+        logits = self._predict(self._image_batches(scenario.eval_split, seen.indices, seen.batch_sizes), setup)[0]
+        targets = np.asarray(scenario.eval_targets)[seen.indices]
+        tasks = np.asarray(scenario.task_of_class)[targets]
         future = None
-        if self.cfg.eval.phndd and task < self.num_tasks - 1:
-            future = torch.cat([self._predict(self._image_batches(scenario.eval_split, scenario.eval_indices(j)),
-                                              setup)[0]
-                                for j in range(task + 1, self.num_tasks)])
+        if options.phndd and task < self.num_tasks - 1:
+            # The images of every later task as one stream (official): batches mix the future tasks.
+            later = evaluation_batches([scenario.eval_indices(j) for j in range(task + 1, self.num_tasks)],
+                                       mixed=True, stream=f"future-after-{task}", **batching)
+            future = self._predict(self._image_batches(scenario.eval_split, later.indices, later.batch_sizes),
+                                   setup)[0]
         return step_metrics(logits, targets, tasks, task, setup.task_of_class, self._acc_rows,
-                            batch_size=self.eval_batch_size, ece_bins=self.cfg.eval.ece_bins, future_logits=future)
+                            batch_sizes=seen.batch_sizes, ece_bins=options.ece_bins, future_logits=future)
+
+    def reevaluate(self, *, seed: int, mc_samples: int | None = None, order: str | None = None) -> dict[str, Any]:
+        """Evaluate the current model on every seen task again, with the Monte-Carlo draws of ``seed`` (and
+        optionally another M or batch order): the spread over seeds is the evaluation noise of a number.
+
+        Changes no state of the run (history, accuracy rows, RNG streams); returns the fields
+        :meth:`evaluate_task` returns (``last_acc``, ``avg_acc`` over this evaluation's row only, ...).
+        """
+        if self.tasks_done == 0:
+            raise RuntimeError("reevaluate needs a learned task")
+        cfg = self.cfg
+        changed = dataclasses.replace(
+            cfg, method=dataclasses.replace(cfg.method, mc_samples_eval=mc_samples or cfg.method.mc_samples_eval),
+            eval=dataclasses.replace(cfg.eval, order=order or cfg.eval.order))
+        rows = self._acc_rows
+        try:
+            self.cfg, self._acc_rows = changed, [list(r) for r in rows[:-1]]
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                torch.manual_seed(derive_seed(seed, "reevaluate"))
+                task = self.tasks_done - 1
+                return self.evaluate_task(task, self.setup_task(task))
+        finally:
+            self.cfg, self._acc_rows = cfg, rows
 
     # ------------------------------------------------------------------------------------------------
     # Bookkeeping

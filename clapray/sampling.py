@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -67,3 +68,46 @@ def epoch_plan(n: int, generator: torch.Generator, rank: int = 0, world_size: in
     flipped = torch.rand(n, generator=generator) < 0.5  # RandomHorizontalFlip(p=0.5), drawn up front
     usable = n - n % world_size
     return order[:usable][rank::world_size].numpy(), flipped[:usable][rank::world_size].numpy()
+
+
+@dataclass(frozen=True)
+class EvaluationBatches:
+    """Evaluation images in the order they are fed, cut into the batches that are fed.
+
+    Attributes:
+        indices: [N] indices into the evaluation split, in loader order.
+        batch_sizes: sizes of the consecutive batches (sum N); VGA's batch context is one batch.
+    """
+
+    indices: np.ndarray
+    batch_sizes: tuple[int, ...]
+
+
+def _chunks(n: int, batch_size: int) -> list[int]:
+    return [min(batch_size, n - start) for start in range(0, n, batch_size)]
+
+
+def evaluation_batches(task_indices: list[np.ndarray], *, batch_size: int, mixed: bool, shuffled: bool,
+                       seed: int, stream: str) -> EvaluationBatches:
+    """How the evaluation images of several tasks are batched (§13, pitfall P1).
+
+    ``task_indices[j]`` are task j's evaluation images in dataset order. With ``mixed`` false (the official
+    per-task loaders) every task is cut into its own batches, so a batch (a VGA context) holds one task's
+    images; with ``mixed`` the tasks are pooled first, so batches mix tasks. ``shuffled`` (the official
+    default) puts the images in a random order first: per task, seeded by ``(seed, stream, j)`` and hence
+    the same at every step of a run; pooled, seeded by ``(seed, stream)``. Sorted order (``shuffled``
+    false) keeps dataset order, which on class-sorted data puts one or two classes in a batch.
+    """
+    def order(indices: np.ndarray, *key: object) -> np.ndarray:
+        indices = np.asarray(indices, dtype=np.int64)
+        if not shuffled:
+            return indices
+        return indices[np.random.default_rng(derive_seed(seed, stream, *key)).permutation(len(indices))]
+
+    if mixed:
+        pooled = order(np.concatenate(task_indices) if task_indices else np.zeros(0, np.int64), "pooled")
+        return EvaluationBatches(pooled, tuple(_chunks(len(pooled), batch_size)))
+    parts = [order(indices, j) for j, indices in enumerate(task_indices)]
+    sizes = [size for part in parts for size in _chunks(len(part), batch_size)]
+    joined = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    return EvaluationBatches(joined, tuple(sizes))

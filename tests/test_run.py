@@ -131,7 +131,8 @@ def test_zeroshot_step_metrics_follow_task_indexing():
         seen, n_seen = tasks <= step, int(scenario.task_bounds(step)[1])
         future = logits[~seen][:, :n_seen] if step < scenario.num_tasks - 1 else None
         return step_metrics(logits[seen][:, :n_seen], labels[seen], tasks[seen], step,
-                            np.asarray(scenario.task_of_class)[:n_seen], history, batch_size=2, ece_bins=15,
+                            np.asarray(scenario.task_of_class)[:n_seen], history,
+                            batch_sizes=[2] * (int(seen.sum()) // 2), ece_bins=15,
                             future_logits=future)
 
     step0 = evaluate_step(0)

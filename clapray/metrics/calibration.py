@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,30 +125,40 @@ def expected_calibration_error(
 def per_batch_ece(
     probs: ArrayLike,
     targets: ArrayLike,
-    batch_size: int = 32,
+    batch_size: int | Sequence[int] = 32,
     n_bins: int = 15,
     *,
     from_logits: bool = False,
 ) -> float:
     """ECE as the reference evaluator reports it (§13.5): computed per test batch, then averaged.
 
-    The ``N`` samples are split in order into consecutive batches of ``batch_size``; the last, partial
-    batch is a batch of its own. ``per_batch_ece = (1/B) Σ_k ECE(batch_k)`` with the unweighted mean
-    over the ``B = ceil(N / batch_size)`` batches and ECE as in :func:`expected_calibration_error`.
-    This is biased upwards with respect to the dataset-level ECE (few samples per bin).
+    The ``N`` samples are split in order into consecutive batches: of ``batch_size`` each (the last,
+    partial batch is a batch of its own), or of the given sizes when ``batch_size`` is a sequence (the
+    real batches of a loader, e.g. one task's test loader after another). ``per_batch_ece = (1/B) Σ_k
+    ECE(batch_k)`` with the unweighted mean over the ``B`` batches and ECE as in
+    :func:`expected_calibration_error`. This is biased upwards with respect to the dataset-level ECE (few
+    samples per bin).
 
     Args:
         probs: ``[N, C]`` probabilities (or logits with ``from_logits=True``), in test-loader order.
         targets: ``[N]`` labels.
-        batch_size: evaluation batch size (32 in the reference runs).
+        batch_size: evaluation batch size (32 in the reference runs), or the sizes of the consecutive
+            batches (positive, summing to ``N``).
         n_bins: number of bins.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
     conf, correct = _confidences(probs, targets, from_logits)
+    if isinstance(batch_size, (list, tuple, np.ndarray)):
+        sizes = np.asarray(batch_size)
+        if sizes.ndim != 1 or not np.issubdtype(sizes.dtype, np.integer) or (sizes < 1).any() \
+                or int(sizes.sum()) != conf.size:
+            raise ValueError(f"batch_size: expected positive integer batch sizes summing to {conf.size}")
+        batch = np.repeat(np.arange(sizes.size), sizes)
+    elif isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
+    else:
+        batch = np.arange(conf.size) // int(batch_size)
     index, _ = _bin_index(conf, n_bins)
     size = int(n_bins) + 1
-    batch = np.arange(conf.size) // int(batch_size)
     n_batches = int(batch[-1]) + 1
     cell = batch * size + index  # one (batch, bin) cell per sample
     conf_sum = np.bincount(cell, weights=conf, minlength=n_batches * size).reshape(n_batches, size)

@@ -7,6 +7,8 @@ beside the dataset-level one, and novelty detection of future-task images with t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -23,17 +25,18 @@ from clapray.task_result import NoveltyDetection, ReliabilityBins
 
 
 def step_metrics(seen_logits: torch.Tensor | np.ndarray, targets: np.ndarray, tasks: np.ndarray, step: int,
-                 task_of_class: np.ndarray, history: list[list[float]], *, batch_size: int, ece_bins: int,
-                 future_logits: torch.Tensor | np.ndarray | None = None) -> dict:
+                 task_of_class: np.ndarray, history: list[list[float]], *, batch_sizes: Sequence[int],
+                 ece_bins: int, future_logits: torch.Tensor | np.ndarray | None = None) -> dict:
     """The fields of a :class:`~clapray.task_result.TaskResult` after task ``step``.
 
     Args:
         seen_logits: [N, C_seen] logits (mean over MC samples) of the evaluation images of tasks 0..step,
-            over the classes seen so far; rows grouped by task in loader order (per-batch ECE uses it).
+            over the classes seen so far, rows in the order the evaluation batches were formed.
         targets: [N] remapped labels; tasks: [N] task of each image.
         task_of_class: [C_seen] task owning each seen class.
         history: accuracy rows of the earlier steps; this step's row is appended.
-        batch_size: the evaluation batch, for the official per-batch ECE.
+        batch_sizes: sizes of the real evaluation batches, consecutive in row order (sum N): the official
+            per-batch ECE is the mean ECE over these batches, whatever the protocol formed them from.
         future_logits: [N_future, C_seen] logits of the images of tasks after ``step`` (novel data), or
             None to skip novelty detection.
     """
@@ -43,19 +46,12 @@ def step_metrics(seen_logits: torch.Tensor | np.ndarray, targets: np.ndarray, ta
     aware_preds = task_aware_predictions(logits.numpy(), targets, task_of_class)
 
     row, aware_row, counts = [], [], []
-    batch_ece_sum, n_batches = 0.0, 0
     for j in range(step + 1):
         in_task = tasks == j
         n = int(in_task.sum())
         counts.append(n)
         row.append(100.0 * float((preds[in_task] == targets[in_task]).mean()) if n else float("nan"))
         aware_row.append(100.0 * float((aware_preds[in_task] == targets[in_task]).mean()) if n else float("nan"))
-        if n:
-            # Official protocol: ECE per batch of one task's test loader, averaged over all batches.
-            task_batches = -(-n // batch_size)
-            batch_ece_sum += task_batches * per_batch_ece(probs[in_task], targets[in_task],
-                                                                  batch_size=batch_size, n_bins=ece_bins)
-            n_batches += task_batches
     history.append(row)
     acc = stack_accuracy_rows(history)
 
@@ -70,7 +66,8 @@ def step_metrics(seen_logits: torch.Tensor | np.ndarray, targets: np.ndarray, ta
         accuracy_row=tuple(row), task_aware_row=tuple(aware_row), n_eval=tuple(counts),
         last_acc=float(last_accuracy(acc)), avg_acc=float(average_incremental_accuracy(acc)),
         bwt=float(backward_transfer(acc)) if step > 0 else float("nan"),
-        ece=float(bins.ece), ece_per_batch=batch_ece_sum / max(n_batches, 1), phndd=phndd,
+        ece=float(bins.ece), phndd=phndd,
+        ece_per_batch=per_batch_ece(probs, targets, batch_size=list(batch_sizes), n_bins=ece_bins),
         calibration=reliability_bins(bins))
 
 

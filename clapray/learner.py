@@ -33,7 +33,6 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,33 +57,16 @@ from clapray.model.clap import ClapHead, HeadOutput
 from clapray.model.prompts import PromptText, build_prompt_variant, variant_class
 from clapray.model.prompts.zeroshot import zero_shot_logits
 from clapray.model.text_features import template_text_features
-from clapray.model.vga import task_attention_mask
 from clapray.sampling import PlannedViews, derive_seed, epoch_plan, evaluation_batches, seed_phase
 from clapray.schedule import cosine_with_warmup, warmup_steps
 from clapray.task_result import RunProvenance, TaskResult
+from clapray.task_setup import TaskSetup, task_setup
 
 CHECKPOINT_VERSION = 3  # 3: a LayerNorm per adapter head (state keys mu_norm, sigma_norm)
 
 
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or infinite; the run ends with status ``error`` and this message."""
-
-
-@dataclass(frozen=True)
-class TaskSetup:
-    """What every batch of task ``task`` shares, computed once when the task starts."""
-
-    task: int
-    text: Tensor  # [C_seen, d] template-ensemble text features (normalised); variants supply their own per batch
-    template_mean: Tensor  # [C_seen, d] mean of normalised template embeddings, not re-normalised
-    template_variance: Tensor  # [C_seen, d] per-dim unbiased variance over templates
-    slices: tuple[tuple[int, int], ...]  # class block of every seen task
-    mask: Tensor  # [C_seen, C_seen] bool, VGA self-attention blocked across tasks ([C + T, C + T] with task tokens)
-    task_of_class: np.ndarray  # [C_seen]
-
-    @property
-    def num_seen(self) -> int:
-        return self.text.shape[0]
 
 
 class ContinualLearner:
@@ -213,16 +195,8 @@ class ContinualLearner:
     # Pieces of a task
 
     def setup_task(self, task: int) -> TaskSetup:
-        n_seen = self.scenario.task_bounds(task)[1]
-        task_of_class = np.asarray(self.scenario.task_of_class[:n_seen])
-        dev = self.device
-        tokens = self.head is not None and self.head.task_tokens is not None
-        return TaskSetup(
-            task=task, text=self.templates.mean[:n_seen].to(dev),
-            template_mean=self.templates.template_mean_unnormalised[:n_seen].to(dev),
-            template_variance=self.templates.template_variance[:n_seen].to(dev),
-            slices=tuple(self.scenario.task_bounds(i) for i in range(task + 1)),
-            mask=task_attention_mask(task_of_class, device=dev, task_tokens=tokens), task_of_class=task_of_class)
+        return task_setup(self.scenario, self.templates, task, self.device,
+                          task_tokens=self.head is not None and self.head.task_tokens is not None)
 
     def phase_parameters(self, phase: phases.Phase, setup: TaskSetup) -> list[torch.nn.Parameter]:
         """What ``phase`` trains. Main training first grows the head for its task: the new adapter (with its

@@ -6,7 +6,8 @@ which view of their images, and which outputs of the current model. ``memory.sel
 protocols for the model-based selectors (herding, entropy, energy, variance):
 
 * ``official`` (the released code's ``select_indices``): the model runs over the old memory followed by
-  the new task's training images, in that order and in evaluation batches (which are also the VGA's
+  the new task's training images, in that order and in evaluation batches (``eval.batch_size``, by default
+  the training batch, which is what the official selection loaders use; the batches are also the VGA's
   contexts); every seen class is selected again, old classes from their stored exemplars; herding reads
   the L2-normalised MC-mean logits over all seen classes, entropy the softmax of the MC-mean logits,
   energy and variance the M samples.

@@ -175,6 +175,20 @@ def test_official_selection_rescores_old_memory_and_new_data_with_the_current_mo
         assert learner.memory.indices_of(c).tolist() == candidates[expected[c]].tolist(), c
 
 
+@pytest.mark.parametrize("options", [("memory.selector=entropy", "memory.selection_views=train"),
+                                     ("memory.selector=variance", "memory.official_mc_reshape=true")],
+                         ids=["train_views", "official_mc_reshape"])
+def test_official_selection_accidents_run_in_the_learner_reproducibly(options):
+    cfg = config(*options, "memory.policy=total", "memory.size=8", "budget.max_steps_per_task=1")
+    memories = []
+    for _ in range(2):
+        learner = ContinualLearner(cfg)
+        learner.learn_task(0)
+        learner.learn_task(1)
+        memories.append(learner.memory)
+    assert memories[0] == memories[1] and memories[0].class_counts() == {0: 2, 1: 2, 2: 2, 3: 2}
+
+
 def test_replay_free_keeps_no_memory_and_skips_consolidation():
     learner = ContinualLearner(config("budget.replay_free=true"))
     for task in range(2):

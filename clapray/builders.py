@@ -34,6 +34,12 @@ def resolve_precision(cfg: RunConfig, device: torch.device) -> str:
     return cfg.backbone.precision
 
 
+def trainable_dtype(cfg: RunConfig, device: torch.device) -> torch.dtype:
+    """dtype of the modules the method trains: half for ``precision: fp16`` (the official code casts VGA,
+    adapters, task tokens and prompts to CLIP's fp16 and trains them so, §2), fp32 otherwise."""
+    return torch.float16 if resolve_precision(cfg, device) == "fp16" else torch.float32
+
+
 MINI_CLIP_TAG = "clapray-shapes"
 """``backbone.pretrained`` value meaning "the mini-CLIP pretrained on shapes captions" (trained on first use)."""
 

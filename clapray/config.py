@@ -42,7 +42,7 @@ from clapray.typed_config import (
 
 # Prompt variants the method knows (§3, §14, §19): the torch-free catalogue of clapray.model.prompts.
 PROMPT_VARIANTS = VARIANT_NAMES
-EXEMPLAR_SELECTORS = ("first_k", "random", "herding", "entropy")
+EXEMPLAR_SELECTORS = ("first_k", "random", "herding", "entropy", "energy", "variance")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -59,8 +59,11 @@ class BackboneConfig(TypedConfig):
         "mini-CLIP pretrained on shapes captions, trained on first use) or null = random init")
     cache_dir: str | None = config_field(None, doc="where downloaded weights are cached; null = open_clip's default")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = config_field(
-        "auto", doc="towers' precision: auto = bf16 autocast on GPU and fp32 on CPU, trainable modules fp32; "
-        "fp16 = the official code's all-half modules trained in fp16 (GPU only, fragile, §2/P5)")
+        "auto", doc="precision: auto = the towers in bf16 autocast on GPU and fp32 on CPU, trainable modules "
+        "fp32; fp32 = everything fp32; bf16 = bf16 autocast towers, fp32 trainable modules; fp16 = the official "
+        "code's all-half model: towers cast to half AND the trainable modules (VGA, adapters, task tokens, "
+        "prompts) half parameters trained by plain SGD in fp16, no loss scaling (GPU only; fragile: the sigma "
+        "init underflows, §2/P5)")
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,13 @@ class PromptConfig(TypedConfig):
         False, doc="MaPLe: true = the released code's behaviour, the deep prompts and all coupling layers stay "
         "at their random init (only the shallow text context learns, §3.3, P14); false = train them as MaPLe "
         "intends")
+    maple_unnormalised_eval_text: bool = config_field(
+        False, doc="MaPLe: true = the released code's test path, which feeds the prompted text features to VGA "
+        "and the adapters without L2-normalising them (evaluation and exemplar selection); false = normalised "
+        "in training and evaluation alike")
+    coop_raw_class_names: bool = config_field(
+        False, doc="CoOp (and CoCoOp): true = the released code's prompts, class names with their underscores "
+        "('X X .. X sea_lion.'); false = underscores as spaces, as every other prompt of the method")
     attriclip_bank_size: int = config_field(10, doc="AttriCLIP: attributes in the bank (keys + prompts, --num_prompt)",
                                       ge=1)
     attriclip_prompt_length: int = config_field(12, doc="AttriCLIP: tokens of one attribute prompt", ge=1)
@@ -170,12 +180,20 @@ class MethodConfig(TypedConfig):
     prior: Literal["standard", "data_driven", "language_aware"] = config_field(
         "standard", doc="prior of the adapters' posteriors: N(0, I), data-driven (--use-np-prior) or "
         "language-aware (--frozen-prior) (§6)")
+    prior_context: Literal["random", "task"] = config_field(
+        "random", doc="context images of the data-driven prior: random = a random share (prior_context_size) "
+        "of the batch, what the official code passes for every task; task = the batch's images of the task's "
+        "classes (a random share when that is the whole batch, N(0, I) when there are none), the rule of the "
+        "official context helper that its callers never reach (§6)")
     prior_context_size: float = config_field(0.67, doc="batch fraction used as context by the data-driven prior",
                                        gt=0.0, le=1.0)
     kd_weight: float = config_field(15.0, doc="language-aware KD weight gamma (--beta; 0 disables) (§7)", ge=0.0)
     language_init: bool = config_field(True, doc="language-aware init of each new adapter from template "
                                  "statistics (§8)")
     task_specific_adapters: bool = config_field(True, doc="one (mu, sigma) pair per task; false = one shared pair")
+    reinit_shared_adapter: bool = config_field(
+        False, doc="with task_specific_adapters false: true = re-run the language-aware init of the shared pair "
+        "at the start of every task, wiping what it learned (the official code, P15); false = initialise it once")
     consolidation: ConsolidationConfig = config_field(factory=ConsolidationConfig, doc="memory consolidation")
 
 
@@ -187,9 +205,23 @@ class MemoryConfig(TypedConfig):
         "auto", doc="auto = the official choice per dataset (CIFAR-100: 2000 in total, others 20 per "
         "class); total = size split evenly over seen classes; per_class = size per class")
     size: int | None = config_field(None, doc="exemplars in total or per class (per policy); null with auto", ge=0)
-    selector: str = config_field("first_k", doc="exemplar selector: first_k (the official 'random'), random "
-                           "(a true seeded choice), herding (iCaRL), entropy (the paper's)",
-                           choices=EXEMPLAR_SELECTORS)
+    selector: str = config_field(
+        "first_k", doc="exemplar selector (§10): first_k (the official 'random'), random (a true seeded choice), "
+        "herding (iCaRL), entropy (highest predictive entropy, the paper's), energy (highest energy = lowest "
+        "MC-mean logsumexp), variance (lowest summed variance of the MC softmax)", choices=EXEMPLAR_SELECTORS)
+    selection: Literal["official", "clapray"] = config_field(
+        "official", doc="how the model-based selectors (herding, entropy, energy, variance) run: official = over "
+        "the old memory plus the new task's data, old classes re-selected from their exemplars under the current "
+        "model, herding on the L2-normalised MC-mean logits; clapray = new classes only (old classes keep a "
+        "prefix), herding on the image embeddings. first_k and random are the same under both")
+    selection_views: Literal["test", "train"] = config_field(
+        "test", doc="the view of the candidate images the model-based selectors see: test = the evaluation view "
+        "(no flip); train = a seeded random horizontal flip per image, the official code's accident (its "
+        "selection loaders read the training transform)")
+    official_mc_reshape: bool = config_field(
+        False, doc="energy and variance: true = reproduce the official code's reshape of the MC predictions, "
+        "which interleaves the sample and batch axes so a candidate's 'samples' mix images of its batch (a bug, "
+        "P8); false = each candidate's own M samples")
 
     def check(self) -> None:
         require(self, self.policy == "auto" or self.size is not None, "size",

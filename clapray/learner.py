@@ -8,9 +8,9 @@ Per task t (§12.2):
 3. train on the task's data plus the replay memory: VGA + adapter t + the prompt variant's parameters,
    CE over M samples + KD_t + KL_t (+ the variant's own losses), SGD with warmup then cosine, optionally
    capped at ``budget.max_steps_per_task`` steps;
-4. update the exemplar memory;
-5. consolidate (t > 0, replay on): all adapters (+ the prompts of CoOp, MaPLe, CoCoOp, AttriCLIP, + VGA for
-   AttriCLIP) on the class-balanced memory, VGA frozen otherwise;
+4. update the exemplar memory (:mod:`clapray.exemplars`);
+5. consolidate (t > 0, replay on): all adapters (+ the prompts of CoOp, MaPLe, CoCoOp, AttriCLIP, + VGA and
+   every task token for AttriCLIP) on the class-balanced memory, VGA frozen otherwise;
 6. evaluate on tasks 0..t and report a :class:`~clapray.task_result.TaskResult`.
 
 The prompt variant (:mod:`clapray.model.prompts`) supplies the image embeddings (``encode_images``: the
@@ -33,7 +33,6 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +42,12 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from clapray import phases
-from clapray.builders import build_backbone, build_scenario_from_config, resolve_device
+from clapray.builders import build_backbone, build_scenario_from_config, resolve_device, trainable_dtype
 from clapray.config import RunConfig
 from clapray.data.memory import ExemplarMemory, resolve_memory_capacity
 from clapray.data.scenario import TaskSubset
-from clapray.data.selectors import get_selector, inputs_by_class, predictive_probs
 from clapray.errors import UserError
+from clapray.exemplars import update_memory
 from clapray.features import ImageFeatures
 from clapray.features.provide import features_for, uses_feature_cache
 from clapray.losses import mc_cross_entropy
@@ -58,60 +57,16 @@ from clapray.model.clap import ClapHead, HeadOutput
 from clapray.model.prompts import PromptText, build_prompt_variant, variant_class
 from clapray.model.prompts.zeroshot import zero_shot_logits
 from clapray.model.text_features import template_text_features
-from clapray.model.vga import task_attention_mask
 from clapray.sampling import PlannedViews, derive_seed, epoch_plan, evaluation_batches, seed_phase
 from clapray.schedule import cosine_with_warmup, warmup_steps
 from clapray.task_result import RunProvenance, TaskResult
+from clapray.task_setup import TaskSetup, task_setup
 
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3  # 3: a LayerNorm per adapter head (state keys mu_norm, sigma_norm)
 
 
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or infinite; the run ends with status ``error`` and this message."""
-
-
-@dataclass(frozen=True)
-class TaskSetup:
-    """What every batch of task ``task`` shares, computed once when the task starts."""
-
-    task: int
-    text: Tensor  # [C_seen, d] template-ensemble text features (normalised); variants supply their own per batch
-    template_mean: Tensor  # [C_seen, d] mean of normalised template embeddings, not re-normalised
-    template_variance: Tensor  # [C_seen, d] per-dim unbiased variance over templates
-    slices: tuple[tuple[int, int], ...]  # class block of every seen task
-    mask: Tensor  # [C_seen, C_seen] bool, VGA self-attention blocked across tasks ([C + T, C + T] with task tokens)
-    task_of_class: np.ndarray  # [C_seen]
-
-    @property
-    def num_seen(self) -> int:
-        return self.text.shape[0]
-
-
-@dataclass
-class PhaseStats:
-    steps: int = 0
-    loss: float = 0.0
-    ce: float = 0.0
-    kd: float = 0.0
-    kl: float = 0.0
-    prompt: float | None = None  # the prompt variant's own weighted losses (AttriCLIP); None when it has none
-
-    def add(self, loss: float, ce: float, kd: float, kl: float, prompt: float | None = None) -> None:
-        self.steps += 1
-        self.loss += loss
-        self.ce += ce
-        self.kd += kd
-        self.kl += kl
-        if prompt is not None:
-            self.prompt = (self.prompt or 0.0) + prompt
-
-    def means(self, prefix: str) -> dict[str, float]:
-        n = max(self.steps, 1)
-        out = {prefix: self.loss / n, f"{prefix}_ce": self.ce / n, f"{prefix}_kd": self.kd / n,
-               f"{prefix}_kl": self.kl / n}
-        if self.prompt is not None:
-            out[f"{prefix}_prompt"] = self.prompt / n
-        return out
 
 
 class ContinualLearner:
@@ -138,13 +93,17 @@ class ContinualLearner:
         if variant.per_image_queries and cfg.method.prior == "data_driven":
             raise UserError(f"method.prior: data_driven is not available with variant {variant.name} "
                             "(per-image text features); use standard or language_aware")
+        # fp32, or half for the official all-fp16 model (backbone.precision: fp16, §2).
+        self.module_dtype = trainable_dtype(cfg, self.device)
         seed_phase(cfg.seeds.init, "init")
         self.head = (ClapHead(self.backbone.embed_dim, self.backbone.logit_scale, cfg.method,
-                              task_tokens=variant.uses_task_tokens).to(self.device) if variant.learns else None)
+                              task_tokens=variant.uses_task_tokens, dtype=self.module_dtype).to(self.device)
+                     if variant.learns else None)
         # The variant's own parameters are drawn from a phase of their own, so adding a variant never shifts
         # the head's init.
         seed_phase(cfg.seeds.init, "init", "prompt")
         self.prompt = build_prompt_variant(cfg.method.variant, self.backbone, self.templates, cfg.method.prompt)
+        self.prompt.learned.to(self.module_dtype)
         self.memory = ExemplarMemory()
         self.tasks_done = 0
         self.history: list[TaskResult] = []
@@ -187,7 +146,7 @@ class ContinualLearner:
             torch.cuda.reset_peak_memory_stats(self.device)
         start = time.perf_counter()
         setup = self.setup_task(task)
-        main = consolidated = PhaseStats()
+        main = consolidated = phases.PhaseStats()
         if self.head is not None:
             main = self.run_phase(phases.main_training(task, self.cfg), setup)
         train_s = time.perf_counter() - start
@@ -220,7 +179,7 @@ class ContinualLearner:
         self.tasks_done = task + 1
         return result
 
-    def run_phase(self, phase: phases.Phase, setup: TaskSetup) -> PhaseStats:
+    def run_phase(self, phase: phases.Phase, setup: TaskSetup) -> phases.PhaseStats:
         """Choose the parameters and the data of ``phase`` and fit them (see :mod:`clapray.phases`)."""
         params = self.phase_parameters(phase, setup)
         seed_phase(self.cfg.seeds.init, phase.task, phase.name)
@@ -236,25 +195,16 @@ class ContinualLearner:
     # Pieces of a task
 
     def setup_task(self, task: int) -> TaskSetup:
-        n_seen = self.scenario.task_bounds(task)[1]
-        task_of_class = np.asarray(self.scenario.task_of_class[:n_seen])
-        dev = self.device
-        tokens = self.head is not None and self.head.task_tokens is not None
-        return TaskSetup(
-            task=task, text=self.templates.mean[:n_seen].to(dev),
-            template_mean=self.templates.template_mean_unnormalised[:n_seen].to(dev),
-            template_variance=self.templates.template_variance[:n_seen].to(dev),
-            slices=tuple(self.scenario.task_bounds(i) for i in range(task + 1)),
-            mask=task_attention_mask(task_of_class, device=dev, task_tokens=tokens), task_of_class=task_of_class)
+        return task_setup(self.scenario, self.templates, task, self.device,
+                          task_tokens=self.head is not None and self.head.task_tokens is not None)
 
     def phase_parameters(self, phase: phases.Phase, setup: TaskSetup) -> list[torch.nn.Parameter]:
         """What ``phase`` trains. Main training first grows the head for its task: the new adapter (with its
         language-aware init, §8) and task token; consolidation trains every adapter."""
         if phase.adapters == "current":
             seed_phase(self.cfg.seeds.init, phase.task, "grow")
-            params = self.head.grow(phase.task, setup.template_mean, setup.template_variance)
-        else:
-            params = list(self.head.adapters.parameters())
+            self.head.grow(phase.task, setup.template_mean, setup.template_variance)
+        params = self.head.trainable(phase.task, phase.adapters, phase.task_tokens)
         if phase.vga and self.head.vga is not None:
             params += list(self.head.vga.parameters())
         if phase.prompt:
@@ -285,6 +235,7 @@ class ContinualLearner:
                        ) -> tuple[Tensor, dict[str, Tensor | None]]:
         """The training objective of one batch of image embeddings ``x`` [B, d] and its unweighted terms
         (ce, kd, kl, prompt)."""
+        x = x.to(self.module_dtype)
         text = self.prompt.text_features(setup.num_seen, x)
         labels = labels.to(self.device)
         method = self.cfg.method
@@ -377,10 +328,10 @@ class ContinualLearner:
             yield self.prompt.encode_images(joined[:size].to(self.device, non_blocking=True))
 
     def _fit(self, indices: np.ndarray, setup: TaskSetup, params: Sequence[torch.nn.Parameter],
-             phase: phases.Phase) -> PhaseStats:
+             phase: phases.Phase) -> phases.PhaseStats:
         """SGD of ``params`` over ``indices`` (training-split images) for the phase's epochs; returns the
         mean losses."""
-        stats = PhaseStats()
+        stats = phases.PhaseStats()
         if len(indices) == 0 or not params:
             return stats
         epochs, lr, regularize = phase.epochs, phase.lr, phase.regularized
@@ -453,27 +404,27 @@ class ContinualLearner:
 
     @torch.no_grad()
     def _update_memory(self, task: int, setup: TaskSetup) -> None:
-        """Shrink old classes to the new per-class budget and choose exemplars of the new ones (§10)."""
-        k = self.memory_capacity.per_class(setup.num_seen)
-        selector = get_selector(self.cfg.memory.selector)
-        indices = self.scenario.train_indices(task)
-        labels = np.asarray(self.scenario.train_targets)[indices]
-        features = probs = None
-        if selector.needs:
-            # The selectors look at clean images (test transform); the official code used the flipped
-            # training view here by accident (§10).
-            logits, feats = self._predict(self._image_batches(self.scenario.benchmark.train, indices), setup,
-                                          want_features=True)
-            features = feats.numpy() if "features" in selector.needs else None
-            probs = predictive_probs(logits.numpy()) if "probs" in selector.needs else None
-        candidates = inputs_by_class(indices, labels, features=features, probs=probs)
-        self.memory.update(candidates, k, selector, rng=np.random.default_rng([self.cfg.seeds.init, task]))
+        """Shrink (or re-select) old classes to the new per-class budget and choose exemplars of the new ones
+        (§10; the protocol is :mod:`clapray.exemplars`'s)."""
+        seed_phase(self.cfg.seeds.init, task, "memory")  # the MC draws the model-based selectors read
+
+        def predict(indices: np.ndarray, flips: np.ndarray | None, samples: bool) -> tuple[Tensor, Tensor | None]:
+            if flips is None:
+                batches = self._image_batches(self.scenario.benchmark.train, indices)
+            else:
+                batches = (x for x, _ in self._train_batches(indices, flips, self.eval_batch_size))
+            return self._predict(batches, setup, want_features=True, samples=samples)
+
+        update_memory(self.memory, task=task, k=self.memory_capacity.per_class(setup.num_seen),
+                      new_indices=self.scenario.train_indices(task), targets=np.asarray(self.scenario.train_targets),
+                      options=self.cfg.memory, seed=self.cfg.seeds.init, batch_size=self.eval_batch_size,
+                      predict=predict)
 
     @torch.no_grad()
-    def _predict(self, batches: Iterator[Tensor], setup: TaskSetup, *, want_features: bool = False
-                 ) -> tuple[Tensor, Tensor | None]:
-        """Mean-over-samples logits [N, C_seen] (and the embeddings [N, d]) of batches of image embeddings,
-        head in eval mode."""
+    def _predict(self, batches: Iterator[Tensor], setup: TaskSetup, *, want_features: bool = False,
+                 samples: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Mean-over-samples logits [N, C_seen] (every sample, [M, N, C_seen], with ``samples``) and the
+        embeddings [N, d] of batches of image embeddings, head in eval mode."""
         if self.head is not None:
             self.head.eval()
         self.prompt.eval()
@@ -481,12 +432,13 @@ class ContinualLearner:
         fixed = None if self.prompt.spec.image_conditioned else self.prompt.text_features(setup.num_seen)
         logits, feats = [], []
         for x in batches:
-            text = fixed if fixed is not None else self.prompt.text_features(setup.num_seen, x)
-            out = self.forward_batch(x, text, setup, self.cfg.method.mc_samples_eval)
-            logits.append(out.logits.mean(dim=0).float().cpu())
             if want_features:
                 feats.append(x.float().cpu())
-        return torch.cat(logits), (torch.cat(feats) if want_features else None)
+            x = x.to(self.module_dtype)
+            text = fixed if fixed is not None else self.prompt.text_features(setup.num_seen, x)
+            out = self.forward_batch(x, text, setup, self.cfg.method.mc_samples_eval)
+            logits.append((out.logits if samples else out.logits.mean(dim=0)).float().cpu())
+        return torch.cat(logits, dim=-2), (torch.cat(feats) if want_features else None)
 
     @torch.no_grad()
     def evaluate_task(self, task: int, setup: TaskSetup) -> dict[str, Any]:

@@ -34,6 +34,12 @@ def test_defaults_are_the_official_reference_configuration():
     assert (cfg.method.consolidation.enabled, cfg.method.consolidation.epochs,
             cfg.method.consolidation.lr_factor) == (True, 2, 0.1)
     assert cfg.memory.selector == "first_k" and cfg.memory.policy == "auto"
+    # The official selection protocol; its accidents (flipped views, the MC reshape) are opt-in.
+    assert (cfg.memory.selection, cfg.memory.selection_views, cfg.memory.official_mc_reshape) == (
+        "official", "test", False)
+    assert cfg.method.prior_context == "random" and not cfg.method.reinit_shared_adapter
+    prompt = cfg.method.prompt
+    assert not (prompt.maple_official_untrained or prompt.maple_unnormalised_eval_text or prompt.coop_raw_class_names)
     assert (cfg.optim.epochs, cfg.optim.batch_size, cfg.optim.lr, cfg.optim.lr_rule) == (5, 32, 1e-3, "batch_scaled")
     assert (cfg.optim.warmup, cfg.optim.warmup_fraction, cfg.optim.momentum, cfg.optim.weight_decay) == (
         "fraction", 0.3, 0.0, 0.0)

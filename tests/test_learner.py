@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -10,12 +11,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from official_reference import official_herding
+from phase_recorder import PhaseRecorder
 
 from clapray import phases
-from clapray.config import default_config_path, load_run_config
+from clapray.config import EXEMPLAR_SELECTORS, default_config_path, load_run_config
 from clapray.learner import ContinualLearner, TrainingDiverged
 from clapray.results import verify_consistency
 from clapray.run import main
+from clapray.sampling import seed_phase
 
 TINY = ["method.variant=handcrafted", "data.shapes.num_classes=8", "data.shapes.train_per_class=6",
         "data.shapes.test_per_class=4", "data.num_tasks=4", "optim.epochs=1", "optim.batch_size=8",
@@ -52,6 +56,48 @@ def test_old_adapters_do_not_change_in_main_training():
     assert len(learner.head.adapters) == 2
 
 
+def official_lrs(total: int, peak: float, warmup: int) -> list[float]:
+    """The official per-step schedule (§12.1): ``warmup`` linear steps strictly between 0 and the peak, then
+    cosine from the peak towards peak x 1e-3 over the remaining steps."""
+    final, n = peak * 1e-3, total - warmup
+    ramp = [peak * (i + 1) / (warmup + 1) for i in range(warmup)]
+    return ramp + [final + 0.5 * (peak - final) * (1 + math.cos(math.pi * s / n)) for s in range(n)]
+
+
+def test_each_phase_trains_regularises_and_schedules_what_the_method_says(monkeypatch):
+    """Observed from outside through three real tasks: main training of task t trains VGA (in train mode) and
+    adapter t only, with the KD and KL of task t, under warmup + cosine at lr x B/20; consolidation trains
+    every adapter with VGA frozen in eval mode, with the KD and KL of every seen task, at lr/10 without warmup;
+    exemplar selection and evaluation compute no loss terms."""
+    recorder = PhaseRecorder(monkeypatch)
+    learner = ContinualLearner(config("optim.epochs=3"))
+    for task in range(3):
+        learner.learn_task(task)
+    peak = 1e-3 * 8 / 20  # optim.lr x batch / 20
+    assert {c.kd_tasks == [] and c.kl_terms == 0 and c.regularize == () for c in recorder.calls[None]} == {True}
+    for task in range(3):
+        main = ("train", task)
+        assert recorder.calls[main] and all(
+            c.regularize == (task,) and c.kd_tasks == [task] and c.kl_terms == 1 and c.vga_training
+            for c in recorder.calls[main]), recorder.calls[main][0]
+        assert recorder.moved(main, "head.vga.") and recorder.moved(main, f"head.adapters.{task}.")
+        assert not any(recorder.moved(main, f"head.adapters.{old}.") for old in range(task))
+        steps = len(recorder.lrs[main])
+        assert recorder.lrs[main] == pytest.approx(official_lrs(steps, peak, int(0.3 * steps)), rel=1e-12)
+        if task == 0:
+            assert ("consolidate", 0) not in recorder.calls
+            continue
+        consolidate = ("consolidate", task)
+        seen = list(range(task + 1))
+        assert recorder.calls[consolidate] and all(
+            c.regularize == tuple(seen) and c.kd_tasks == seen and c.kl_terms == task + 1 and not c.vga_training
+            for c in recorder.calls[consolidate]), recorder.calls[consolidate][0]
+        assert all(recorder.moved(consolidate, f"head.adapters.{i}.") for i in seen)
+        assert not recorder.moved(consolidate, "head.vga.")
+        steps = len(recorder.lrs[consolidate])
+        assert steps > 1 and recorder.lrs[consolidate] == pytest.approx(official_lrs(steps, peak / 10, 0), rel=1e-12)
+
+
 def test_consolidation_trains_old_adapters_and_freezes_vga():
     learner = ContinualLearner(config())
     learner.learn_task(0)
@@ -81,13 +127,66 @@ def test_memory_follows_the_budget_policy_at_every_task(policy, size, expected_p
         assert learner.history[-1].extra["memory_size"] == k * seen
 
 
-@pytest.mark.parametrize("selector", ["first_k", "random", "herding", "entropy"])
-def test_every_selector_runs_in_the_learner(selector):
-    learner = ContinualLearner(config(f"memory.selector={selector}", "budget.max_steps_per_task=1"))
+@pytest.mark.parametrize("selection", ["official", "clapray"])
+@pytest.mark.parametrize("selector", EXEMPLAR_SELECTORS)
+def test_every_selector_runs_in_the_learner_under_both_protocols(selector, selection):
+    """Two tasks with 8 exemplars in total: 4 per class after task 0, 2 after task 1."""
+    learner = ContinualLearner(config(f"memory.selector={selector}", f"memory.selection={selection}",
+                                      "memory.policy=total", "memory.size=8", "budget.max_steps_per_task=1"))
     learner.learn_task(0)
-    indices = learner.memory.indices()
-    assert len(indices) == 4 and len(set(indices.tolist())) == 4
-    assert set(indices.tolist()) <= set(learner.scenario.train_indices(0).tolist())
+    first = {c: learner.memory.indices_of(c).tolist() for c in learner.memory.classes}
+    assert sorted(first) == [0, 1] and all(len(v) == 4 for v in first.values())
+    learner.learn_task(1)
+    counts = learner.memory.class_counts()
+    assert counts == {0: 2, 1: 2, 2: 2, 3: 2}
+    new = set(learner.scenario.train_indices(1).tolist())
+    assert {i for c in (2, 3) for i in learner.memory.indices_of(c).tolist()} <= new
+    for c, before in first.items():
+        kept = learner.memory.indices_of(c).tolist()
+        assert set(kept) <= set(before)
+        if selection == "clapray" or selector in ("first_k", "random"):
+            assert kept == before[:2]  # old classes keep a prefix
+
+
+@pytest.mark.parametrize("selector", ["herding", "entropy"])
+def test_official_selection_rescores_old_memory_and_new_data_with_the_current_model(selector):
+    """The learner's official herding / entropy equal the official loop applied to the MC-mean logits of the
+    model that selected, run over the old memory then the new task's images in evaluation batches."""
+    cfg = config(f"memory.selector={selector}", "memory.policy=total", "memory.size=8",
+                 "method.consolidation.enabled=false", "budget.max_steps_per_task=1")
+    learner = ContinualLearner(cfg)
+    learner.learn_task(0)
+    old = learner.memory.indices()
+    learner.learn_task(1)  # no consolidation: the model after task 1 is the model that selected
+    candidates = np.concatenate([old, learner.scenario.train_indices(1)])
+    labels = np.asarray(learner.scenario.train_targets)[candidates]
+    seed_phase(cfg.seeds.init, 1, "memory")
+    batches = learner._image_batches(learner.scenario.benchmark.train, candidates)
+    logits = learner._predict(batches, learner.setup_task(1))[0].double().numpy()
+    if selector == "herding":
+        expected = official_herding(logits, labels, 2)
+    else:
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        minus_entropy = (probs * np.log(probs)).sum(axis=1)
+        expected = {c: np.flatnonzero(labels == c)[np.argsort(minus_entropy[labels == c])[:2]].tolist()
+                    for c in range(4)}
+    for c in range(4):
+        assert learner.memory.indices_of(c).tolist() == candidates[expected[c]].tolist(), c
+
+
+@pytest.mark.parametrize("options", [("memory.selector=entropy", "memory.selection_views=train"),
+                                     ("memory.selector=variance", "memory.official_mc_reshape=true")],
+                         ids=["train_views", "official_mc_reshape"])
+def test_official_selection_accidents_run_in_the_learner_reproducibly(options):
+    cfg = config(*options, "memory.policy=total", "memory.size=8", "budget.max_steps_per_task=1")
+    memories = []
+    for _ in range(2):
+        learner = ContinualLearner(cfg)
+        learner.learn_task(0)
+        learner.learn_task(1)
+        memories.append(learner.memory)
+    assert memories[0] == memories[1] and memories[0].class_counts() == {0: 2, 1: 2, 2: 2, 3: 2}
 
 
 def test_replay_free_keeps_no_memory_and_skips_consolidation():

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import pickle
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from official_reference import official_herding
 
 from clapray.config import EXEMPLAR_SELECTORS, MemoryConfig
 from clapray.data.memory import ExemplarMemory, MemoryCapacity, resolve_memory_capacity
@@ -17,10 +19,13 @@ from clapray.data.selectors import (
     get_selector,
     inputs_by_class,
     list_selectors,
+    mc_softmax_variance,
+    mean_logsumexp,
     predictive_probs,
     register_selector,
 )
 from clapray.errors import ConfigError, UserError
+from clapray.exemplars import official_mc_interleave, update_memory
 
 CIFAR_TOTAL_2000 = [200, 100, 66, 50, 40, 33, 28, 25, 22, 20]
 
@@ -38,8 +43,9 @@ def random_inputs(n: int, *, d: int = 8, c: int = 5, seed: int = 0, shuffled: bo
         indices = rng.permutation(indices)
     features = rng.standard_normal((n, d))
     features /= np.linalg.norm(features, axis=1, keepdims=True)
-    probs = predictive_probs(rng.standard_normal((3, n, c)) * 2)
-    return SelectionInputs(indices=indices, features=features, probs=probs)
+    mc_logits = rng.standard_normal((n, 3, c)) * 2
+    probs = predictive_probs(mc_logits.transpose(1, 0, 2))
+    return SelectionInputs(indices=indices, features=features, probs=probs, mc_logits=mc_logits)
 
 
 class FakeScenario:
@@ -288,7 +294,7 @@ def test_config_choices_are_registered():
 @pytest.mark.parametrize("name", list_selectors())
 def test_selector_contract(name):
     selector = get_selector(name)
-    assert selector.needs <= {"features", "probs"}
+    assert selector.needs <= {"features", "probs", "mc_logits"}
     inputs = random_inputs(40)
     for k in (1, 7, 39, 40, 100):
         pos = selector(k, inputs, np.random.default_rng(5))
@@ -312,7 +318,7 @@ def test_selector_contract(name):
 
 
 def test_registry():
-    assert {"first_k", "random", "herding", "entropy"} <= set(list_selectors())
+    assert set(list_selectors()) == {"first_k", "random", "herding", "entropy", "energy", "variance"}
     with pytest.raises(UserError, match=r"unknown exemplar selector 'herdng' \(did you mean herding\?\); known: "):
         get_selector("herdng")
     with pytest.raises(ValueError, match="registered twice"):
@@ -337,6 +343,10 @@ def test_inputs_are_validated():
         SelectionInputs(np.zeros((2, 2), dtype=np.int64))
     with pytest.raises(ValueError, match="integers"):
         SelectionInputs(np.array([0.5, 1.5]))
+    with pytest.raises(ValueError, match=r"mc_logits must have shape \[n=2, M>=1, C>=1\]"):
+        SelectionInputs(np.arange(2), mc_logits=np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="mc_logits contains NaN"):
+        SelectionInputs(np.arange(1), mc_logits=np.full((1, 2, 2), np.inf))
 
 
 def test_torch_inputs_are_accepted():
@@ -434,3 +444,146 @@ def test_predictive_probs():
     assert not np.allclose(mean_logits, mean_probs)
     with pytest.raises(ValueError, match="shape"):
         predictive_probs(np.zeros(3))
+
+
+# Three candidates, M = 2 samples, C = 2 classes, chosen so every score can be worked out by hand:
+#   a: samples (0, 0), (0, 0)    logsumexp log 2, log 2               -> mean 0.693; softmax (.5, .5) twice -> var 0
+#   b: samples (2, 0), (0, 0)    log(e^2 + 1) = 2.127, log 2          -> mean 1.410; p_0 = .881 then .5
+#   c: samples (-1, 0), (0, -1)  log(e^-1 + 1) = 0.313 twice          -> mean 0.313; p_0 = .269 then .731
+HAND_MC = np.array([[[0.0, 0.0], [0.0, 0.0]], [[2.0, 0.0], [0.0, 0.0]], [[-1.0, 0.0], [0.0, -1.0]]])
+
+
+def test_energy_picks_the_lowest_mean_logsumexp_first():
+    expected_scores = [math.log(2), (math.log(math.e ** 2 + 1) + math.log(2)) / 2, math.log(math.exp(-1) + 1)]
+    np.testing.assert_allclose(mean_logsumexp(HAND_MC), expected_scores)
+    inputs = SelectionInputs(np.array([7, 8, 9]), mc_logits=HAND_MC)
+    assert get_selector("energy")(3, inputs).tolist() == [2, 0, 1]  # c, a, b: highest energy first
+
+
+def test_variance_picks_the_steadiest_predictions_first():
+    p_b = math.e ** 2 / (math.e ** 2 + 1)
+    p_c = 1 / (1 + math.e)
+    # Unbiased variance of two values x, y is (x - y)^2 / 2; both classes' probabilities vary alike.
+    expected = [0.0, 2 * (p_b - 0.5) ** 2 / 2, 2 * (p_c - (1 - p_c)) ** 2 / 2]
+    np.testing.assert_allclose(mc_softmax_variance(HAND_MC), expected)
+    inputs = SelectionInputs(np.array([7, 8, 9]), mc_logits=HAND_MC)
+    assert get_selector("variance")(3, inputs).tolist() == [0, 1, 2]  # a, b, c
+    assert mc_softmax_variance(HAND_MC[:, :1]).tolist() == [0.0, 0.0, 0.0]  # one sample: no spread
+
+
+def test_official_mc_interleave_rebuilds_the_official_arrangement():
+    """Samples m of image n hold 10 m + n; batches of 2. The official code stacks each batch's [M, B, C]
+    sample by sample and reads the result as [N, M, C]: image 0 gets (0, 1), image 1 (10, 11), image 2 (2, 12)."""
+    mc = (10 * np.arange(2)[:, None] + np.arange(3)[None, :])[..., None].astype(float)  # [M=2, N=3, C=1]
+    assert official_mc_interleave(mc, 2)[..., 0].tolist() == [[0, 1], [10, 11], [2, 12]]
+    assert mc.transpose(1, 0, 2)[..., 0].tolist() == [[0, 10], [1, 11], [2, 12]]  # the intended arrangement
+    np.testing.assert_array_equal(official_mc_interleave(mc, 3), mc.reshape(3, 2, 1))  # one batch
+
+
+# --------------------------------------------------------------------------------------------------
+# The selection protocols (clapray.exemplars)
+# --------------------------------------------------------------------------------------------------
+
+# Class 0 (stored from an earlier task: 10, 11, 12) and class 1 (the new task: 20, 21, 22); k = 2.
+# MC-mean logits over the two seen classes, one row per candidate in the official order (memory, then new):
+HAND_LOGITS = np.array([[1.0, 0.0], [0.0, 1.5], [0.6, 0.8],   # 10, 11, 12
+                        [3.0, 4.0], [2.0, 0.0], [0.0, 2.5]])  # 20, 21, 22
+# Herding, class 0: normalised rows (1, 0), (0, 1), (.6, .8); mean (.533, .6). Distances to the mean: .760,
+# .667, .211 -> 12 first; then ||mean - (x_12 + x) / 2||: .333 for 10, .380 for 11 -> [12, 10].
+# Class 1 normalises to the same three directions, (.6, .8) = 20, (1, 0) = 21, (0, 1) = 22 -> [20, 21]
+# (unnormalised, 22 would be closest to the mean of (3, 4), (2, 0), (0, 2.5)).
+# Entropy (two classes: the smaller |l_0 - l_1|, the higher): class 0 gaps 1, 1.5, .2 -> [12, 10];
+# class 1 gaps 1, 2, 2.5 -> [20, 21].
+HAND_TARGETS = np.zeros(30, dtype=np.int64)
+HAND_TARGETS[20:23] = 1
+
+
+def hand_memory() -> ExemplarMemory:
+    memory = ExemplarMemory()
+    memory.update({0: np.array([10, 11, 12])}, 3, "first_k")
+    return memory
+
+
+def fake_predict(calls: list):
+    rows = {i: r for i, r in zip([10, 11, 12, 20, 21, 22], HAND_LOGITS, strict=True)}
+    embeddings = {i: np.array([i % 3, 1.0]) for i in rows}
+
+    def predict(indices, flips, samples):
+        calls.append((indices.tolist(), flips))
+        logits = np.stack([rows[int(i)] for i in indices])
+        return (logits[None].repeat(2, axis=0) if samples else logits), np.stack([embeddings[int(i)] for i in indices])
+
+    return predict
+
+
+@pytest.mark.parametrize("selector", ["herding", "entropy"])
+def test_official_selection_picks_the_hand_checked_exemplars(selector):
+    memory, calls = hand_memory(), []
+    update_memory(memory, task=1, k=2, new_indices=np.array([20, 21, 22]), targets=HAND_TARGETS,
+                  options=MemoryConfig(selector=selector), seed=0, batch_size=4, predict=fake_predict(calls))
+    assert calls == [([10, 11, 12, 20, 21, 22], None)]  # one pass: the old memory, then the new data
+    assert memory.indices_of(0).tolist() == [12, 10]  # re-selected, not the prefix [10, 11]
+    assert memory.indices_of(1).tolist() == [20, 21]
+
+
+def test_clapray_selection_keeps_old_prefixes_and_herds_new_classes_on_embeddings():
+    memory, calls = hand_memory(), []
+    update_memory(memory, task=1, k=2, new_indices=np.array([20, 21, 22]), targets=HAND_TARGETS,
+                  options=MemoryConfig(selector="herding", selection="clapray"), seed=0, batch_size=4,
+                  predict=fake_predict(calls))
+    assert calls == [([20, 21, 22], None)]  # the new task's images only
+    assert memory.indices_of(0).tolist() == [10, 11]
+    # Embeddings (i % 3, 1): 20 -> (2, 1), 21 -> (0, 1), 22 -> (1, 1); normalised, 22 is nearest their mean.
+    assert memory.indices_of(1).tolist()[0] == 22
+
+
+def test_train_views_draw_seeded_flips_and_model_free_selectors_never_predict():
+    calls = []
+    options = MemoryConfig(selector="entropy", selection_views="train")
+    update_memory(hand_memory(), task=1, k=2, new_indices=np.array([20, 21, 22]), targets=HAND_TARGETS,
+                  options=options, seed=0, batch_size=4, predict=fake_predict(calls))
+    update_memory(hand_memory(), task=1, k=2, new_indices=np.array([20, 21, 22]), targets=HAND_TARGETS,
+                  options=options, seed=0, batch_size=4, predict=fake_predict(calls))
+    flips = calls[0][1]
+    assert flips.dtype == bool and flips.shape == (6,) and np.array_equal(flips, calls[1][1])
+    for selector in ("first_k", "random"):
+        memory = hand_memory()
+        update_memory(memory, task=1, k=2, new_indices=np.array([20, 21, 22]), targets=HAND_TARGETS,
+                      options=MemoryConfig(selector=selector), seed=0, batch_size=4,
+                      predict=lambda *args: pytest.fail("a model-free selector ran the model"))
+        assert memory.indices_of(0).tolist() == [10, 11]  # official 'random' = first-k: prefix, not re-selected
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_official_herding_equals_the_official_loop_on_random_logits(seed):
+    rng = np.random.default_rng(seed)
+    memory = ExemplarMemory()
+    memory.update({c: np.arange(10 * c, 10 * c + 6) for c in range(3)}, 6, "first_k")  # 3 old classes
+    new = np.arange(100, 130)
+    targets = np.zeros(130, dtype=np.int64)
+    targets[:30] = np.arange(30) // 10
+    targets[100:] = 3 + np.arange(30) % 2  # 2 new classes, interleaved in dataset order
+    candidates = np.concatenate([memory.indices(), new])
+    logits = rng.standard_normal((len(candidates), 5)) * 3
+
+    def predict(indices, flips, samples):
+        assert indices.tolist() == candidates.tolist()
+        return logits, None
+
+    update_memory(memory, task=1, k=4, new_indices=new, targets=targets, options=MemoryConfig(selector="herding"),
+                  seed=0, batch_size=8, predict=predict)
+    expected = official_herding(logits, targets[candidates], 4)
+    for c, positions in expected.items():
+        assert memory.indices_of(c).tolist() == candidates[positions].tolist()
+
+
+def test_reselect_needs_every_stored_class_and_only_its_exemplars():
+    memory = hand_memory()
+    state = memory.state_dict()
+    with pytest.raises(ValueError, match="every stored class"):
+        memory.update({1: np.array([20, 21])}, 1, "first_k", reselect={})
+    with pytest.raises(ValueError, match="must be its stored exemplars"):
+        memory.update({1: np.array([20, 21])}, 1, "first_k", reselect={0: np.array([10, 11, 13])})
+    assert memory.state_dict() == state
+    memory.update({1: np.array([20, 21])}, 2, "first_k", reselect={0: np.array([12, 11, 10])})
+    assert memory.indices_of(0).tolist() == [10, 11]  # first_k re-selects in dataset order

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from phase_recorder import PhaseRecorder
 
 from clapray import phases
 from clapray.config import PROMPT_VARIANTS, MethodConfig, PromptConfig, VGAConfig, load_run_config
@@ -143,12 +144,16 @@ def test_parameter_counts_at_vit_b16_dims():
             head = ClapHead(512, 100.0, method, task_tokens=PROMPT_REGISTRY[name].spec.uses_task_tokens)
             assert sum(p.numel() for p in head.vga.parameters()) == 4_204_032  # ~4.2M, any head count
             zeros = torch.zeros(3, 512)
-            trainable = head.grow(0, zeros, zeros)
+            head.grow(0, zeros, zeros)
+            trainable = head.trainable(0, "current", "current")
             adapter = sum(p.numel() for p in head.adapters[0].parameters())
-            layer_norm = 2 * 512 if head.layer_norm else 0
-            assert adapter == (512 * 512 + 512) * (1 if deterministic else 2) + layer_norm
+            heads = 1 if deterministic else 2
+            layer_norms = heads * 2 * 512 if head.layer_norm else 0  # one LayerNorm(d) inside each head
+            assert adapter == (512 * 512 + 512) * heads + layer_norms
             if name == "handcrafted" and not deterministic:
                 assert adapter == 525_312  # ~0.52M per task
+            if name in ("coop", "maple", "cocoop") and not deterministic:
+                assert adapter == 527_360  # the official CoOp / MaPLe adapter pair
             tokens = 512 if PROMPT_REGISTRY[name].spec.uses_task_tokens else 0
             assert sum(p.numel() for p in trainable) == adapter + tokens
 
@@ -262,15 +267,23 @@ def test_attriclip_losses_weights_and_gradients(one_thread):
     assert setup.mask.shape == (setup.num_seen + 1, setup.num_seen + 1)  # one task token in VGA
 
 
-def test_attriclip_task_tokens_grow_and_old_ones_stay_frozen(one_thread):
+def test_attriclip_task_tokens_grow_and_all_train_in_consolidation(monkeypatch, one_thread):
+    """Main training of task 1 trains its own token only; consolidation (as the official code, which unfreezes
+    every task token with the adapters) trains them all, and VGA too (AttriCLIP's quirk)."""
+    recorder = PhaseRecorder(monkeypatch)
     learner = ContinualLearner(config("attriclip"))
     learner.learn_task(0)
     assert len(learner.head.task_tokens) == 1
-    token0 = learner.head.task_tokens[0].detach().clone()
     learner.learn_task(1)
     assert len(learner.head.task_tokens) == 2
-    assert torch.equal(learner.head.task_tokens[0], token0)
-    assert learner.history[-1].losses["consolidation_prompt"] > 0
+    main, consolidate = ("train", 1), ("consolidate", 1)
+    assert not recorder.moved(main, "head.task_tokens.0") and recorder.moved(main, "head.task_tokens.1")
+    assert recorder.moved(consolidate, "head.task_tokens.0") and recorder.moved(consolidate, "head.task_tokens.1")
+    assert recorder.moved(consolidate, "head.vga.") and all(c.vga_training for c in recorder.calls[consolidate])
+    assert recorder.moved(consolidate, "prompt.") and learner.history[-1].losses["consolidation_prompt"] > 0
+    spec = PROMPT_REGISTRY["attriclip"].spec
+    assert spec.task_tokens_train_in_consolidation and phases.consolidation(1, learner.cfg).task_tokens == "all"
+    assert all(phases.consolidation(1, config(v)).task_tokens == "none" for v in LEARNING if v != "attriclip")
 
 
 def test_cocoop_context_differs_across_images_and_is_batched_exactly(one_thread):
@@ -439,3 +452,55 @@ def test_bench_variants_prints_every_variant_and_head(capsys, one_thread):
     with pytest.raises(SystemExit) as exit_info:
         main(["variants", "--variants", "handcrafted,copo"])
     assert exit_info.value.code == 2
+
+
+def test_maple_official_flag_leaves_eval_text_features_unnormalised(one_thread):
+    for official in (False, True):
+        flag = f"method.prompt.maple_unnormalised_eval_text={str(official).lower()}"
+        learner = ContinualLearner(config("maple", flag))
+        prompt = learner.prompt
+        with torch.no_grad():
+            trained = prompt.train().text_features(4).queries
+            evaluated = prompt.eval().text_features(4).queries
+        ones = torch.ones(4)
+        assert torch.allclose(trained.norm(dim=-1), ones, atol=1e-5)  # training always normalises
+        if official:
+            assert not torch.allclose(evaluated.norm(dim=-1), ones, atol=1e-2)
+            assert torch.allclose(F.normalize(evaluated, dim=-1), trained, atol=1e-5)
+        else:
+            assert torch.allclose(evaluated, trained, atol=1e-6)
+
+
+def test_coop_raw_class_names_keep_their_underscores(one_thread):
+    from clapray.model.prompts.cocoop import CoCoOpPrompts
+    from clapray.model.prompts.coop import CoOpPrompts, context_prompts
+    from clapray.model.text_features import template_text_features
+
+    assert context_prompts(["sea_lion"], 2) == ["X X sea lion."]
+    assert context_prompts(["sea_lion"], 2, raw_names=True) == ["X X sea_lion."]
+    backbone = ContinualLearner(config("coop")).backbone
+    names = ["sea_lion", "oak_tree", "castle"]
+    templates = template_text_features(backbone, names, ["a photo of a {}."])
+    for cls in (CoOpPrompts, CoCoOpPrompts):
+        plain, raw = (cls(backbone, templates, PromptConfig(n_ctx=2, coop_raw_class_names=flag))
+                      for flag in (False, True))
+        # "sea_lion" tokenises to one more token ("_") than "sea lion": the end token moves one position right.
+        assert (raw.prompts.pool - plain.prompts.pool).tolist() == [1, 1, 0]
+
+
+@pytest.mark.parametrize("variant", LEARNING)
+def test_fp16_precision_trains_half_modules(variant, monkeypatch, one_thread):
+    """``backbone.precision: fp16`` makes VGA, adapters, task tokens and prompts half parameters trained in
+    fp16, as the official code (GPU only in a run; the module path is checked here on CPU half kernels)."""
+    import clapray.learner as learner_module
+
+    monkeypatch.setattr(learner_module, "trainable_dtype", lambda cfg, device: torch.float16)
+    learner = ContinualLearner(config(variant, "budget.max_steps_per_task=2"))
+    before = clones(learner.prompt.learned)
+    results = [learner.learn_task(0), learner.learn_task(1)]
+    params = [*learner.head.parameters(), *learner.prompt.learned.parameters()]
+    assert params and all(p.dtype == torch.float16 for p in params)
+    assert all(math.isfinite(v) for r in results for v in r.losses.values())
+    assert all(math.isfinite(r.last_acc) for r in results)
+    if learner.prompt.trainable_parameters():
+        assert any(not torch.equal(a, b) for a, b in zip(before, clones(learner.prompt.learned), strict=True))

@@ -2,7 +2,9 @@
 
 After each task's main training (before consolidation) the learner updates the memory:
 
-1. old classes shrink to their first ``k`` stored exemplars (the official behaviour), and
+1. old classes shrink to their first ``k`` stored exemplars (what the official code does for its
+   ``random`` = first-k selector), or, when ``reselect`` gives their inputs, are re-selected by the
+   selector from their stored exemplars (what its model-based selectors do), and
 2. every new class gets ``min(k, n_candidates)`` exemplars chosen by a selector
    (:mod:`clapray.data.selectors`),
 
@@ -185,14 +187,14 @@ class ExemplarMemory:
 
     def update(self, candidates: Mapping[int, SelectionInputs | Mapping[str, Any] | np.ndarray], k: int,
                selector: str | Selector, rng: np.random.Generator | None = None, *,
-               provide: InputProvider | None = None) -> None:
-        """Shrink old classes to ``k`` and add ``min(k, n_c)`` exemplars of every new class.
+               provide: InputProvider | None = None,
+               reselect: Mapping[int, SelectionInputs | Mapping[str, Any]] | None = None) -> None:
+        """Shrink (or re-select) old classes to ``k`` and add ``min(k, n_c)`` exemplars of every new class.
 
         Args:
             candidates: new class id -> its candidates: a :class:`SelectionInputs`, a mapping of its
                 fields, or just the ``[n_c]`` dataset indices. The class's training images (no
-                duplicates); the official ``icarl`` selector also re-herded the old exemplars, here old
-                classes only shrink.
+                duplicates).
             k: exemplars per class, normally ``capacity.per_class(n_seen_classes)``.
             selector: a registered name or a :class:`Selector`.
             rng: needed by selectors with ``uses_rng``. Each new class gets its own child generator
@@ -200,9 +202,13 @@ class ExemplarMemory:
                 candidates other classes have. Pass a generator derived from the init seed and the task
                 index for reproducible, independent draws.
             provide: called as ``provide(class_id, indices, missing)`` for a class whose candidates lack
-                inputs the selector needs (``missing`` ⊆ ``{"features", "probs"}``); returns a
+                inputs the selector needs (``missing`` ⊆ ``{"features", "probs", "mc_logits"}``); returns a
                 :class:`SelectionInputs` or a mapping with those arrays, rows aligned with ``indices``.
                 Never called when the selector needs nothing or ``k == 0``.
+            reselect: ``None`` = old classes keep their first ``k`` exemplars. Otherwise the inputs of every
+                stored class, whose candidates must be exactly its stored exemplars: the selector chooses its
+                ``min(k, n_c)`` exemplars among them again (the official model-based selectors, which score
+                the old memory under the current model every task).
 
         Nothing is changed when an argument is invalid (all selections run before the memory is touched).
         """
@@ -215,12 +221,25 @@ class ExemplarMemory:
         if any(c < 0 for c in new):
             raise ValueError(f"class ids must be >= 0, got {new}")
         originals = {int(c): v for c, v in candidates.items()}
-        children = (list(rng.spawn(len(new))) if selector.uses_rng and isinstance(rng, np.random.Generator)
-                    else [rng] * len(new))
+        old: dict[int, SelectionInputs] = {}
+        if reselect is not None:
+            old = {int(c): _as_inputs(v) for c, v in reselect.items()}
+            if sorted(old) != list(self.classes):
+                raise ValueError(f"reselect must give every stored class {list(self.classes)}, got {sorted(old)}")
+            for c, inputs in old.items():
+                if not np.array_equal(np.sort(inputs.indices), np.sort(self._store[c])):
+                    raise ValueError(f"reselect: the candidates of class {c} must be its stored exemplars")
+        order = [*sorted(old), *new]
+        if selector.uses_rng and isinstance(rng, np.random.Generator):
+            # New classes draw from the first children, so re-selecting old classes leaves their draws alone.
+            spawned = rng.spawn(len(order))
+            children = [*spawned[len(new):], *spawned[:len(new)]]
+        else:
+            children = [rng] * len(order)
 
         chosen: dict[int, np.ndarray] = {}
-        for c, child in zip(new, children, strict=False):
-            inputs = _as_inputs(originals[c])
+        for c, child in zip(order, children, strict=True):
+            inputs = old[c] if c in old else _as_inputs(originals[c])
             if k == 0 or inputs.n == 0:
                 chosen[c] = np.empty(0, dtype=np.int64)
                 continue
@@ -234,7 +253,7 @@ class ExemplarMemory:
             chosen[c] = inputs.indices[positions]
 
         self.shrink(k)
-        for c in new:
+        for c in order:
             stored = np.array(chosen[c], dtype=np.int64)  # own copy: the caller's arrays stay theirs
             stored.setflags(write=False)
             self._store[c] = stored
@@ -244,17 +263,15 @@ class ExemplarMemory:
                   ) -> SelectionInputs:
         """Merge what ``provide`` returns into ``inputs`` (its indices must be the candidates')."""
         extra = provide(class_id, inputs.indices, frozenset(missing))
-        fields = ({"features": extra.features, "probs": extra.probs} if isinstance(extra, SelectionInputs)
+        kinds = ("features", "probs", "mc_logits")
+        fields = ({name: getattr(extra, name) for name in kinds} if isinstance(extra, SelectionInputs)
                   else dict(extra))
         if isinstance(extra, SelectionInputs) and not np.array_equal(extra.indices, inputs.indices):
             raise ValueError(f"provide() returned inputs for other candidates than class {class_id}'s")
-        unknown = set(fields) - {"features", "probs", "indices"}
+        unknown = set(fields) - {*kinds, "indices"}
         if unknown:
             raise ValueError(f"provide() returned unknown fields {sorted(unknown)}")
-        merged = {
-            name: fields.get(name) if fields.get(name) is not None else getattr(inputs, name)
-            for name in ("features", "probs")
-        }
+        merged = {name: fields.get(name) if fields.get(name) is not None else getattr(inputs, name) for name in kinds}
         return SelectionInputs(indices=inputs.indices, **merged)
 
     # ------------------------------------------------------------------------------- state

@@ -6,8 +6,9 @@ when it needs them, per-candidate features or predictive probabilities) and retu
 (``0..n-1``, into the candidate arrays) of the chosen exemplars in *selection order*: the memory keeps that
 order so that shrinking a class later keeps its first ``k`` exemplars, as the official code does.
 
-Each selector declares what it needs (``needs`` ⊆ ``{"features", "probs"}``), so the caller runs the model
-only when a selector looks at its outputs. Selectors register themselves by name::
+Each selector declares what it needs (``needs`` ⊆ ``{"features", "probs", "mc_logits"}``), so the caller
+runs the model only when a selector looks at its outputs (and keeps the M samples only for those that read
+them). Selectors register themselves by name::
 
     @register_selector("first_k")
     def first_k(k: int, inputs: SelectionInputs, rng: np.random.Generator | None) -> np.ndarray: ...
@@ -20,11 +21,20 @@ Registered selectors:
 * ``first_k`` -- the first ``k`` candidates in dataset order. This is what the official code calls
   ``random`` (P8): it is deterministic and never looks at the images.
 * ``random`` -- a true random choice without replacement from the generator passed in.
-* ``herding`` -- iCaRL herding on L2-normalised features (the image embeddings, as in iCaRL). The
-  official ``icarl`` selector herds on mean-over-MC *logit* vectors instead; to reproduce that, pass
-  those vectors as ``features``.
+* ``herding`` -- iCaRL herding on L2-normalised features. The official ``icarl`` selector herds on the
+  mean-over-MC *logit* vectors; the learner passes those as ``features`` under ``memory.selection:
+  official`` and the image embeddings (as iCaRL) under ``clapray`` (:mod:`clapray.exemplars`).
 * ``entropy`` -- the paper's uncertainty-based choice: highest predictive entropy of the probabilities
-  (the caller averages over Monte-Carlo samples, see :func:`predictive_probs`).
+  (softmax of the MC-mean logits, see :func:`predictive_probs`), most uncertain first.
+* ``energy`` -- highest energy first: the lowest ``mean_m logsumexp_c logits^(m)`` (the official
+  ``energy`` selector; energy E = -logsumexp).
+* ``variance`` -- lowest first of the variance over the M samples of each class's softmax probability,
+  summed over classes (the official ``variance`` selector; unbiased variance, as ``torch.var``).
+
+``energy`` and ``variance`` read the M samples of each candidate (``mc_logits`` [n, M, C]); the official
+code reshapes its [M, B, C] outputs wrongly before scoring them (§10, P8). These rules follow the intended
+definition; :func:`clapray.exemplars.official_mc_interleave` rebuilds the official arrangement for
+``memory.official_mc_reshape``.
 
 "Dataset order" always means ascending dataset index, whatever order the candidates are given in.
 """
@@ -40,7 +50,7 @@ import numpy as np
 
 from clapray.errors import UserError
 
-INPUT_KINDS = frozenset({"features", "probs"})
+INPUT_KINDS = frozenset({"features", "probs", "mc_logits"})
 
 # Rows of ``probs`` must sum to 1 within this tolerance; loose enough for half-precision softmax, tight
 # enough to reject logits passed by mistake.
@@ -65,6 +75,7 @@ class SelectionInputs:
         indices: ``[n]`` int64 dataset indices (into the training split) of the candidates; unique.
         features: ``[n, d]`` per-candidate feature vectors (e.g. L2-normalised image embeddings), or None.
         probs: ``[n, C]`` predictive probabilities (rows sum to 1; mean over MC samples), or None.
+        mc_logits: ``[n, M, C]`` the logits of each of the M Monte-Carlo samples of every candidate, or None.
 
     Arrays are converted on construction (torch tensors are accepted) and validated: a wrong shape or a
     non-probability ``probs`` raises :class:`ValueError` naming the array.
@@ -73,6 +84,7 @@ class SelectionInputs:
     indices: np.ndarray
     features: np.ndarray | None = None
     probs: np.ndarray | None = None
+    mc_logits: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         indices = _as_array(self.indices)
@@ -99,6 +111,15 @@ class SelectionInputs:
             if not np.isfinite(array).all():
                 raise ValueError(f"{name} contains NaN or infinite values")
             object.__setattr__(self, name, array)
+        if self.mc_logits is not None:
+            array = _as_array(self.mc_logits)
+            if array.ndim != 3 or array.shape[0] != n or min(array.shape[1:]) < 1:
+                raise ValueError(f"mc_logits must have shape [n={n}, M>=1, C>=1], got {array.shape}")
+            if not np.issubdtype(array.dtype, np.floating):
+                array = array.astype(np.float64)
+            if not np.isfinite(array).all():
+                raise ValueError("mc_logits contains NaN or infinite values")
+            object.__setattr__(self, "mc_logits", array)
         if self.probs is not None and n:
             sums = self.probs.sum(axis=1, dtype=np.float64)
             if self.probs.min() < 0 or not np.allclose(sums, 1.0, atol=_PROB_SUM_ATOL):
@@ -115,20 +136,21 @@ class SelectionInputs:
         return frozenset(kind for kind in INPUT_KINDS if getattr(self, kind) is not None)
 
 
-def inputs_by_class(indices: Any, labels: Any, *, features: Any = None, probs: Any = None
+def inputs_by_class(indices: Any, labels: Any, *, features: Any = None, probs: Any = None, mc_logits: Any = None
                     ) -> dict[int, SelectionInputs]:
     """Split one pass over a task's images into per-class :class:`SelectionInputs`.
 
     A learner typically runs the model once over all of a task's training images (batched, any order)
     and gets ``indices [N]``, ``labels [N]`` (remapped class ids) and optionally ``features [N, d]`` /
-    ``probs [N, C]``; this groups the rows by label, keeping their relative order within a class.
+    ``probs [N, C]`` / ``mc_logits [N, M, C]``; this groups the rows by label, keeping their relative order
+    within a class.
     """
     labels = _as_array(labels).astype(np.int64, copy=False)
     indices = _as_array(indices)
     if labels.ndim != 1 or indices.shape[:1] != labels.shape:
         raise ValueError(f"labels must be 1-D and match indices, got {labels.shape} and {indices.shape}")
-    rows: dict[str, np.ndarray | None] = {"features": None, "probs": None}
-    for name, value in (("features", features), ("probs", probs)):
+    rows: dict[str, np.ndarray | None] = {"features": None, "probs": None, "mc_logits": None}
+    for name, value in (("features", features), ("probs", probs), ("mc_logits", mc_logits)):
         if value is not None:
             array = _as_array(value)
             if array.shape[:1] != labels.shape:
@@ -139,10 +161,7 @@ def inputs_by_class(indices: Any, labels: Any, *, features: Any = None, probs: A
     out: dict[int, SelectionInputs] = {}
     for c, block in zip(classes.tolist(), np.split(order, starts[1:]), strict=False):
         out[int(c)] = SelectionInputs(
-            indices=indices[block],
-            features=None if rows["features"] is None else rows["features"][block],
-            probs=None if rows["probs"] is None else rows["probs"][block],
-        )
+            indices=indices[block], **{name: None if rows[name] is None else rows[name][block] for name in rows})
     return out
 
 
@@ -160,12 +179,15 @@ def predictive_probs(logits: Any, reduce: Literal["mean_logits", "mean_probs"] =
     if reduce not in ("mean_logits", "mean_probs"):
         raise ValueError(f"reduce must be 'mean_logits' or 'mean_probs', got {reduce!r}")
 
-    def softmax(a: np.ndarray) -> np.ndarray:
-        a = a - a.max(axis=-1, keepdims=True)  # shift for overflow-free exp
-        e = np.exp(a)
-        return e / e.sum(axis=-1, keepdims=True)
+    return _softmax(z.mean(axis=0)) if reduce == "mean_logits" else _softmax(z).mean(axis=0)
 
-    return softmax(z.mean(axis=0)) if reduce == "mean_logits" else softmax(z).mean(axis=0)
+
+def _softmax(a: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, in float64."""
+    a = np.asarray(a, dtype=np.float64)
+    a = a - a.max(axis=-1, keepdims=True)  # shift for overflow-free exp
+    e = np.exp(a)
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -340,6 +362,39 @@ def entropy(k: int, inputs: SelectionInputs, rng: np.random.Generator | None) ->
     return np.lexsort((inputs.indices, -h))[:k]
 
 
+def mean_logsumexp(mc_logits: np.ndarray) -> np.ndarray:
+    """``mean_m logsumexp_c logits[n, m, c]`` -> ``[n]``: minus the energy, averaged over the MC samples."""
+    z = np.asarray(mc_logits, dtype=np.float64)
+    top = z.max(axis=-1, keepdims=True)
+    lse = top[..., 0] + np.log(np.exp(z - top).sum(axis=-1))  # [n, M]
+    return lse.mean(axis=1)
+
+
+@register_selector("energy", needs=("mc_logits",))
+def energy(k: int, inputs: SelectionInputs, rng: np.random.Generator | None) -> np.ndarray:
+    """The ``k`` candidates of highest energy (lowest MC-mean logsumexp, the official ``energy`` rule), highest
+    first; equal scores keep dataset order."""
+    assert inputs.mc_logits is not None
+    return np.lexsort((inputs.indices, mean_logsumexp(inputs.mc_logits)))[:k]
+
+
+def mc_softmax_variance(mc_logits: np.ndarray) -> np.ndarray:
+    """Unbiased variance over the M samples of each class's softmax probability, summed over classes ->
+    ``[n]`` (0 with a single sample, where the unbiased estimate is undefined)."""
+    p = _softmax(mc_logits)  # [n, M, C]
+    if p.shape[1] < 2:
+        return np.zeros(p.shape[0])
+    return p.var(axis=1, ddof=1).sum(axis=1)
+
+
+@register_selector("variance", needs=("mc_logits",))
+def variance(k: int, inputs: SelectionInputs, rng: np.random.Generator | None) -> np.ndarray:
+    """The ``k`` candidates whose MC predictions vary least (the official ``variance`` rule: ascending summed
+    variance of the softmax over samples), least first; equal scores keep dataset order."""
+    assert inputs.mc_logits is not None
+    return np.lexsort((inputs.indices, mc_softmax_variance(inputs.mc_logits)))[:k]
+
+
 __all__ = [
     "INPUT_KINDS",
     "SelectionInputs",
@@ -349,6 +404,8 @@ __all__ = [
     "get_selector",
     "inputs_by_class",
     "list_selectors",
+    "mc_softmax_variance",
+    "mean_logsumexp",
     "predictive_probs",
     "register_selector",
 ]

@@ -48,7 +48,10 @@ class HeadOutput:
 
 
 class ClapHead(nn.Module):
-    def __init__(self, dim: int, logit_scale: float, method: MethodConfig, *, task_tokens: bool = False):
+    def __init__(self, dim: int, logit_scale: float, method: MethodConfig, *, task_tokens: bool = False,
+                 dtype: torch.dtype = torch.float32):
+        """``dtype``: of every parameter, and of the computation (inputs are cast to it). float32, or float16
+        for the official all-half modules (``backbone.precision: fp16``, §2)."""
         super().__init__()
         vga = method.vga
         spec = variant_spec(method.variant)
@@ -64,10 +67,14 @@ class ClapHead(nn.Module):
         self.task_specific = method.task_specific_adapters
         self.layer_norm = spec.uses_adapter_layer_norm(method.deterministic)
         self.prior = method.prior
+        self.prior_context = method.prior_context
         self.prior_context_size = method.prior_context_size
         self.language_init = method.language_init
+        self.reinit_shared_adapter = method.reinit_shared_adapter
         # One [1, d] token per task (only meaningful with VGA, which is what reads them).
         self.task_tokens = nn.ParameterList() if task_tokens and self.vga is not None else None
+        self.param_dtype = dtype
+        self.to(dtype)
 
     # ------------------------------------------------------------------------------------------------
     # Growth
@@ -75,31 +82,39 @@ class ClapHead(nn.Module):
     def adapter_index(self, task: int) -> int:
         return task if self.task_specific else 0
 
-    def grow(self, task: int, template_mean: Tensor, template_variance: Tensor) -> list[nn.Parameter]:
-        """Prepare task ``task``: add its adapter (or reuse the shared one) and initialise it.
+    def grow(self, task: int, template_mean: Tensor, template_variance: Tensor) -> None:
+        """Prepare task ``task``: add its adapter (or reuse the shared one) and its task token.
 
-        The new adapter is initialised from the template statistics of all classes seen so far. With one
-        shared adapter the init runs only when it is created: re-initialising it at every task, as the
-        official code does, would wipe what it learned (P15). Returns the parameters trainable in main
-        training (the current adapter, with the task's token when the head has task tokens; VGA is added by
-        the caller).
+        A new adapter is initialised from the template statistics of all classes seen so far. With one
+        shared adapter the init runs only when it is created, unless ``method.reinit_shared_adapter``: the
+        official code re-initialises it at every task, which wipes what it learned (P15).
         """
-        while len(self.adapters) <= self.adapter_index(task):
+        index = self.adapter_index(task)
+        created = len(self.adapters) <= index
+        while len(self.adapters) <= index:
             adapter = ProbabilisticAdapter(self.dim, layer_norm=self.layer_norm, deterministic=self.deterministic)
-            self.adapters.append(adapter.to(template_mean.device))
+            self.adapters.append(adapter.to(device=template_mean.device, dtype=self.param_dtype))
             if self.language_init:
                 language_aware_init(adapter, template_mean, template_variance)
-        params = list(self.adapters[self.adapter_index(task)].parameters())
+        if not created and not self.task_specific and self.reinit_shared_adapter and self.language_init:
+            language_aware_init(self.adapters[index], template_mean, template_variance)
         if self.task_tokens is not None:
             while len(self.task_tokens) <= task:
                 # The first token is N(0, 1); every later one a fresh xavier-uniform draw (§3.4).
-                token = torch.empty(1, self.dim, device=template_mean.device)
+                token = torch.empty(1, self.dim, device=template_mean.device, dtype=self.param_dtype)
                 if len(self.task_tokens) == 0:
                     nn.init.normal_(token)
                 else:
                     nn.init.xavier_uniform_(token)
                 self.task_tokens.append(nn.Parameter(token))
-            params.append(self.task_tokens[task])
+
+    def trainable(self, task: int, adapters: str, task_tokens: str) -> list[nn.Parameter]:
+        """The adapters and task tokens a phase of ``task`` trains (:class:`~clapray.phases.Phase`): the
+        ``current`` task's or ``all`` seen ones; task tokens also ``none``. VGA is added by the caller."""
+        chosen = (self.adapters[self.adapter_index(task)] if adapters == "current" else self.adapters)
+        params = list(chosen.parameters())
+        if self.task_tokens is not None and task_tokens != "none":
+            params += [self.task_tokens[task]] if task_tokens == "current" else list(self.task_tokens)[:task + 1]
         return params
 
     def visual_guided(self, text: Tensor, images: Tensor, task_mask: Tensor,
@@ -144,6 +159,10 @@ class ClapHead(nn.Module):
             labels: [B] targets, used by the data-driven prior to pick its context images.
             image_text: optional [B, C, d] image-specific term of every class embedding (AttriCLIP).
         """
+        dtype = self.param_dtype
+        images, text = images.to(dtype), text.to(dtype)
+        template_mean = None if template_mean is None else template_mean.to(dtype)
+        image_text = None if image_text is None else image_text.to(dtype)
         h = self.visual_guided(text, images, task_mask, task_slices)  # [C, d] or [B, C, d]
         per_image = h.dim() == 3
         m = 1 if self.deterministic else n_samples
@@ -187,19 +206,31 @@ class ClapHead(nn.Module):
             prior_mu, prior_sigma = adapter(template_mean[start:end])
             return kl_between_normals(mu, sigma, prior_mu, prior_sigma)
         # Data-driven prior (--use-np-prior): the adapter applied to text features guided by context images
-        # only: the batch's images of this task's classes; a random share of the batch when they are the
-        # whole batch; N(0, I) when there are none (§6).
-        in_task = (labels >= start) & (labels < end) if labels is not None else images.new_zeros(0, dtype=torch.bool)
-        n_context = int(in_task.sum())
-        if n_context == 0:
+        # only (§6). The official code always passes a random share of the batch as context
+        # (``prior_context: random``); its context helper's other rule, which the code never reaches, is
+        # ``task``: the batch's images of this task's classes, a random share of the batch when they are the
+        # whole batch, N(0, I) when there are none.
+        context = self._prior_context(images, labels, start, end)
+        if context is None:
             return kl_to_standard_normal(mu, sigma)
-        if n_context == images.shape[0]:
-            keep = math.ceil(self.prior_context_size * images.shape[0])
-            context = images[torch.randperm(images.shape[0], device=images.device)[:keep]]
-        else:
-            context = images[in_task]
         if text.dim() == 3:
             raise UserError("method.prior: data_driven needs text features shared by the batch (not cocoop)")
         prior_h = self.visual_guided(text, context, task_mask, task_slices)[start:end]
         prior_mu, prior_sigma = adapter(prior_h)
         return kl_between_normals(mu, sigma, prior_mu, prior_sigma)
+
+    def _prior_context(self, images: Tensor, labels: Tensor | None, start: int, end: int) -> Tensor | None:
+        """The context images of the data-driven prior of the task with classes [start, end), or None (N(0, I))."""
+        batch = images.shape[0]
+
+        def random_share() -> Tensor:
+            keep = math.ceil(self.prior_context_size * batch)
+            return images[torch.randperm(batch)[:keep].to(images.device)]
+
+        if self.prior_context == "random":
+            return random_share()
+        in_task = (labels >= start) & (labels < end) if labels is not None else images.new_zeros(0, dtype=torch.bool)
+        n_context = int(in_task.sum())
+        if n_context == 0:
+            return None
+        return random_share() if n_context == batch else images[in_task]

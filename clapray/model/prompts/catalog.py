@@ -2,11 +2,12 @@
 
 Each :class:`VariantSpec` declares one ``method.variant``: its report label, whether it learns at all,
 whether it leaves the image tower frozen (so the frozen-feature cache may stand in for it), whether its
-text features depend on the image batch, its VGA head count, whether its adapters put a LayerNorm
-first, and which parameters train in memory consolidation. The configuration (name validation,
-whether a run keeps a memory), the results store, the report and the benchmarks read these facts from
-here; the learner and the CLAP head read them through the implementation class, whose module
-``clapray.model.prompts.<module>`` registers it (:func:`clapray.model.prompts.base.register_variant`).
+text features depend on the image batch, its VGA head count, whether its adapter heads hold a
+LayerNorm, and which parameters train in memory consolidation (read by :mod:`clapray.phases`). The
+configuration (name validation, whether a run keeps a memory), the results store, the report and the
+benchmarks read these facts from here; the learner and the CLAP head read them through the implementation
+class, whose module ``clapray.model.prompts.<module>`` registers it
+(:func:`clapray.model.prompts.base.register_variant`).
 
 Adding a variant is one implementation file plus its entry in :data:`VARIANTS`; the tests parametrised
 over the catalogue then cover it. This module imports only the standard library.
@@ -37,10 +38,14 @@ class VariantSpec:
         uses_task_tokens: one learnable token per task joins the VGA queries (AttriCLIP, §3.4).
         trains_in_consolidation: the variant's own prompt parameters train in memory consolidation (§11).
         vga_trains_in_consolidation: VGA stays trainable (and in train mode) in consolidation (AttriCLIP).
+        task_tokens_train_in_consolidation: every task's token trains in consolidation (AttriCLIP: the
+            official code unfreezes them all, as it does the adapters); in main training only the current
+            task's token trains.
         vga_heads: official VGA head count of the VI head; ``None`` = d / 64 (§4).
         vga_heads_deterministic: the same for the deterministic "w/o VI" head.
-        adapter_layer_norm: the adapters put LayerNorm(d) before their linear heads (CoOp, MaPLe, CoCoOp;
-            the deterministic head always does, §3.2, §14).
+        adapter_layer_norm: each adapter head (mean and standard deviation) is LayerNorm(d) -> Linear, two
+            LayerNorms per pair (CoOp, MaPLe, CoCoOp; the deterministic head, mean only, always has one,
+            §3.2, §14).
     """
 
     name: str
@@ -54,6 +59,7 @@ class VariantSpec:
     uses_task_tokens: bool = False
     trains_in_consolidation: bool = False
     vga_trains_in_consolidation: bool = False
+    task_tokens_train_in_consolidation: bool = False
     vga_heads: int | None = None
     vga_heads_deterministic: int | None = None
     adapter_layer_norm: bool = False
@@ -67,7 +73,7 @@ class VariantSpec:
         return max(1, dim // 64)
 
     def uses_adapter_layer_norm(self, deterministic: bool) -> bool:
-        """Whether the adapters of this variant (VI or w/o VI) put a LayerNorm before their heads."""
+        """Whether the adapter heads of this variant (VI or w/o VI) start with a LayerNorm."""
         return deterministic or self.adapter_layer_norm
 
 
@@ -97,7 +103,8 @@ VARIANTS: Mapping[str, VariantSpec] = _catalogue(
         name="attriclip", label="AttriCLIP", module="attriclip",
         summary="attribute bank (keys + prompts) chosen top-k per image, task tokens in VGA; + adapters",
         image_conditioned=True, uses_task_tokens=True, trains_in_consolidation=True,
-        vga_trains_in_consolidation=True, vga_heads=8, vga_heads_deterministic=8),
+        vga_trains_in_consolidation=True, task_tokens_train_in_consolidation=True, vga_heads=8,
+        vga_heads_deterministic=8),
     VariantSpec(
         name="cocoop", label="CoCoOp", module="cocoop",
         summary="CoOp context + meta-net conditioning it on each image; per-image VGA queries; + adapters",

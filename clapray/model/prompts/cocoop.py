@@ -12,7 +12,7 @@ No released or compiled CLAP4CLIP variant has a meta-net (§3.5); this module de
 4. CLAP on top, per image: the VGA queries are image b's own text features, h_{b,c} = t_{b,c} +
    VGA(T_b, X)_c (with ``vga.context: batch`` every image's queries attend over the whole batch, as the
    official VGA does; with ``image`` over x_b only). The task-specific adapters read h_{b,c}:
-   q(z_{b,c}) = N(mu_i(h_{b,c}), sigma_i(h_{b,c})^2) with LayerNorm before the heads (as CoOp); the M
+   q(z_{b,c}) = N(mu_i(h_{b,c}), sigma_i(h_{b,c})^2) with a LayerNorm in each head (as CoOp); the M
    samples are drawn per image and class, w^(m)_{b,c} = h_{b,c} + z^(m)_{b,c}, logits s <x̂_b, w^(m)_{b,c}>.
    The deterministic (w/o VI) head uses w_{b,c} = h_{b,c} + mu_i(h_{b,c}).
 5. Losses: CE over the M samples as usual; KL averaged over images and classes of a task; the

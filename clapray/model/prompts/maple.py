@@ -21,7 +21,11 @@ Training (§3.3 quirk, P14): by default everything above trains, as MaPLe intend
 code selects trainable parameters by name and so leaves the deep prompts and all coupling layers at their
 random init (only the shallow context learns; the visual shallow prompt is proj(ctx) through a frozen
 random projection); ``method.prompt.maple_official_untrained: true`` reproduces that. Prompts train in
-every task and during consolidation. Head settings: VGA d/64 heads, LayerNorm before the adapters.
+every task and during consolidation. Head settings: VGA d/64 heads, a LayerNorm in each adapter head.
+
+Evaluation quirk: the released test path re-encodes the prompts and feeds the text features to VGA and the
+adapters without L2-normalising them (training normalises); ``method.prompt.maple_unnormalised_eval_text:
+true`` reproduces that in evaluation and exemplar selection (the modules in eval mode).
 
 Trainable prompt parameters, ViT-B/16 (w = 512, vision 768, J = 9, n = 2): 2 x 512 + 8 x 2 x 512 +
 9 x (512 x 768 + 768) = 3,555,072; with the official flag 1,024.
@@ -112,4 +116,6 @@ class MaplePrompts(PromptVariant):
 
     def text_features(self, num_seen: int, image_features: Tensor | None = None) -> PromptText:
         x, pool = self.prompts.fill(self.learned.ctx, num_seen)  # [C, L, w]
-        return PromptText(encode_text_embeddings(self.backbone, x, pool, deep=list(self.learned.deep_text)))
+        normalize = self.training or not self.options.maple_unnormalised_eval_text
+        return PromptText(encode_text_embeddings(self.backbone, x, pool, deep=list(self.learned.deep_text),
+                                                 normalize=normalize))

@@ -158,11 +158,13 @@ class SlotPrompts(nn.Module):
         return seq.reshape(groups * rows, self.length, -1), pool.repeat(groups)
 
 
-def encode_text_embeddings(backbone: Backbone, x: Tensor, pool: Tensor, deep: Sequence[Tensor] = ()) -> Tensor:
+def encode_text_embeddings(backbone: Backbone, x: Tensor, pool: Tensor, deep: Sequence[Tensor] = (), *,
+                           normalize: bool = True) -> Tensor:
     """The text tower on token embeddings ``x`` [N, L, w] -> L2-normalised fp32 features [N, d].
 
     ``pool`` [N] are the pooled (end-of-text) positions; ``deep[i-1]`` [n, w] replaces positions 1..n at the
     input of block i (MaPLe's deep text prompts). Runs with autograd on (gradients reach the prompts).
+    ``normalize=False`` returns the projected features as they are (MaPLe's official test path).
     """
     model = backbone.model
     cast = model.transformer.get_cast_dtype()
@@ -176,7 +178,7 @@ def encode_text_embeddings(backbone: Backbone, x: Tensor, pool: Tensor, deep: Se
         projection = model.text_projection
         if projection is not None:
             pooled = projection(pooled) if isinstance(projection, nn.Linear) else pooled @ projection
-    return F.normalize(pooled.float(), dim=-1)
+    return F.normalize(pooled.float(), dim=-1) if normalize else pooled.float()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from clapray.errors import exit_on_user_error
 from clapray.fileio import write_text_atomic
 from clapray.task_result import TaskResult
 from clapray.typed_config import describe_fields
+from clapray.validation import check_output_dir, check_run, check_run_directory_name, check_weights
 
 EXIT_RUN_FAILED = 1
 
@@ -31,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", metavar="DIR", help="results store and run directory (default: output_dir)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a field, e.g. --set memory.size=500 (repeatable)")
-    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check everything the run would check, print the resolved config and exit")
     parser.add_argument("--fields", action="store_true", help="list every config field with type, default, doc")
     return parser
 
@@ -100,9 +102,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.fields:
         print_fields()
         return 0
-    cfg = load_run_config(resolve_config_argument(args.config), args.overrides)
-    if args.out:
+    path = resolve_config_argument(args.config)
+    cfg = load_run_config(path, args.overrides)
+    # One validation pass, the same for --dry-run and a real run, before anything is written.
+    if args.out is not None:
+        check_output_dir(args.out, "--out")
         cfg = replace(cfg, output_dir=args.out)
+    else:
+        check_output_dir(cfg.output_dir, f"{path}: output_dir")
+    check_run(cfg, str(path))
+    check_run_directory_name(cfg, str(path))
+    check_weights(cfg, str(path))
     if args.dry_run:
         print(cfg.to_yaml(), end="")
         return 0

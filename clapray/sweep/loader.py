@@ -27,9 +27,9 @@ the resources of one trial and where results go::
 Loading validates everything a trial would otherwise find out hours later: every dotted field is a
 run-config leaf, every grid value, preset and distribution bound is accepted by the run config (checked
 by building run configs, so the rules live in one place, :mod:`clapray.config`), every cell is a valid
-run config, conditions refer to grid axes or other parameters (without cycles), and the trial budget
-adds up. The first
-problem raises a one-line :class:`~clapray.errors.ConfigError`::
+run config that :func:`clapray.validation.check_run` accepts (:mod:`clapray.sweep.runs_check`), conditions
+refer to grid axes or other parameters (without cycles), and the trial budget adds up. The first problem
+raises a one-line :class:`~clapray.errors.ConfigError`::
 
     sweeps/x.yaml: search.space.method.vga.depth: expected an integer >= 1, got 0
 
@@ -74,6 +74,7 @@ from clapray.sweep.model import (
     SweepConfig,
     SweepOptions,
 )
+from clapray.sweep.runs_check import check_sweep_runs
 from clapray.sweep.space import DISTRIBUTION_KINDS, DISTRIBUTION_OPTIONS, SearchSpaceLoading
 from clapray.typed_config import from_mapping, load_yaml_mapping, parse_override
 
@@ -160,6 +161,7 @@ class SweepLoader(SearchSpaceLoading):
                             search=search, seeds=options.seeds, scheduler=scheduler, resources=resources,
                             retries=options.retries, storage=options.storage, cell_list=tuple(cells))
         self.check_budget(sweep)
+        check_sweep_runs(sweep)  # every cell and sampled value against the registries, as a single run
         return sweep
 
     def load_base(self, value: Any) -> tuple[RunConfig, str]:

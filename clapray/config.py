@@ -144,7 +144,7 @@ class ConsolidationConfig(TypedConfig):
     enabled: bool = config_field(True, doc="run memory consolidation (off in replay-free mode regardless)")
     epochs: int = config_field(2, doc="consolidation epochs (README 2, scripts 1)", ge=1, le=MAX_EPOCHS)
     lr_factor: float = config_field(0.1, doc="consolidation lr = main lr x factor (code lr/10; paper 1e-4 absolute)",
-                              gt=0.0)
+                              gt=0.0, le=100.0)
 
 
 @dataclass(frozen=True)
@@ -167,9 +167,9 @@ class PromptConfig(TypedConfig):
     attriclip_prompt_length: int = config_field(12, doc="AttriCLIP: tokens of one attribute prompt", ge=1, le=64)
     attriclip_top_k: int = config_field(3, doc="AttriCLIP: attributes selected per image (--text_prompt)", ge=1)
     attriclip_ortho_weight: float = config_field(0.3, doc="AttriCLIP: weight of the attribute orthogonality loss "
-                                           "(--ortho-loss)", ge=0.0)
+                                           "(--ortho-loss)", ge=0.0, le=1e6)
     attriclip_match_weight: float = config_field(
-        0.7, doc="AttriCLIP: weight of the key-matching loss (--matching-loss)", ge=0.0)
+        0.7, doc="AttriCLIP: weight of the key-matching loss (--matching-loss)", ge=0.0, le=1e6)
     cocoop_reduction: int = config_field(16, doc="CoCoOp: the meta-net's bottleneck divides the embedding dim by this",
                                    ge=1, le=4096)
 
@@ -190,13 +190,15 @@ class MethodConfig(TypedConfig):
     mc_samples_train: int = config_field(20, doc="Monte-Carlo samples M in training (official 20 = eval)", ge=1,
                                          le=MAX_MC_SAMPLES)
     mc_samples_eval: int = config_field(20, doc="Monte-Carlo samples M at evaluation", ge=1, le=MAX_MC_SAMPLES)
-    kl_weight: float = config_field(0.001, doc="weight of KL(q || prior) (hard-coded 0.001 officially)", ge=0.0)
+    kl_weight: float = config_field(0.001, doc="weight of KL(q || prior) (hard-coded 0.001 officially)", ge=0.0,
+                                    le=1e6)
     prior: Literal["standard", "data_driven", "language_aware"] = config_field(
         "standard", doc="prior of the adapters' posteriors: N(0, I), data-driven (--use-np-prior) or "
         "language-aware (--frozen-prior) (§6)")
     prior_context_size: float = config_field(0.67, doc="batch fraction used as context by the data-driven prior",
                                        gt=0.0, le=1.0)
-    kd_weight: float = config_field(15.0, doc="language-aware KD weight gamma (--beta; 0 disables) (§7)", ge=0.0)
+    kd_weight: float = config_field(15.0, doc="language-aware KD weight gamma (--beta; 0 disables) (§7)", ge=0.0,
+                                    le=1e6)
     language_init: bool = config_field(True, doc="language-aware init of each new adapter from template "
                                  "statistics (§8)")
     task_specific_adapters: bool = config_field(True, doc="one (mu, sigma) pair per task; false = one shared pair")
@@ -237,7 +239,8 @@ class OptimConfig(TypedConfig):
 
     epochs: int = config_field(5, doc="epochs per task", ge=1, le=MAX_EPOCHS)
     batch_size: int = config_field(32, doc="training batch (code 32, paper 64)", ge=1, le=MAX_BATCH)
-    lr: float = config_field(1e-3, doc="base learning rate", gt=0.0)
+    lr: float = config_field(1e-3, doc="base learning rate (at most 100: torch's optimisers keep it as a float32 "
+                             "multiplier)", gt=0.0, le=100.0)
     lr_rule: Literal["batch_scaled", "fixed"] = config_field(
         "batch_scaled", doc="batch_scaled = lr x batch/20 (code), fixed = lr as given (paper; MaPLe code)")
     warmup: Literal["fraction", "epoch", "none"] = config_field(
@@ -245,7 +248,7 @@ class OptimConfig(TypedConfig):
     warmup_fraction: float = config_field(0.3, doc="warmup share of steps when warmup = fraction", ge=0.0, lt=1.0)
     min_lr_factor: float = config_field(1e-3, doc="cosine decays to lr x this factor", ge=0.0, le=1.0)
     momentum: float = config_field(0.0, doc="SGD momentum (official 0)", ge=0.0, lt=1.0)
-    weight_decay: float = config_field(0.0, doc="SGD weight decay (official 0)", ge=0.0)
+    weight_decay: float = config_field(0.0, doc="SGD weight decay (official 0)", ge=0.0, le=100.0)
 
 
 @dataclass(frozen=True)

@@ -57,13 +57,17 @@ def execute(cfg: RunConfig, *, out=None) -> list[TaskResult]:
     checkpoint = run_dir / "checkpoint.pt"
     start = time.perf_counter()
 
+    from clapray.checkpoint import load_checkpoint
     from clapray.learner import ContinualLearner
 
+    # The checkpoint is read first (safely, see clapray.checkpoint): a damaged or tampered one is refused
+    # before anything is built.
+    state = load_checkpoint(checkpoint) if checkpoint.exists() else None
     # Every variant, the zero-shot reference row included, runs through the learner (which builds no head
     # for a variant that learns nothing); its features land in the store's cache, shared by later runs.
     learner = ContinualLearner(cfg, feature_store=str(store / "feature_cache"))
-    if checkpoint.exists():
-        learner.load(checkpoint)
+    if state is not None:
+        learner.load_state_dict(state)
     writer = RunWriter(store, rid, cfg, provenance=learner.provenance())
     if learner.tasks_done:
         print(f"resuming {rid} after task {learner.tasks_done}/{learner.num_tasks}", file=out)

@@ -141,10 +141,11 @@ def test_a_stopped_or_failed_trial_keeps_the_provenance_its_workers_recorded(tmp
     trial's workers; the run row keeps every provenance column the workers wrote."""
     from types import SimpleNamespace
 
+    from test_results import fake_results
+
     from clapray.sweep.callbacks import StoreStatusCallback
     from clapray.sweep.spec import TrialIdentity, TrialSpec
     from clapray.task_result import RunProvenance
-    from test_results import fake_results
 
     spec = TrialSpec(sweep="s", store=str(tmp_path), metric="avg_acc", workers_per_trial=1, gpus_per_worker=0.0,
                      cpus_per_worker=1, retries=0)

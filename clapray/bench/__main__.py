@@ -9,6 +9,7 @@ to build the command line, so keep module tops light and import heavy dependenci
     python -m clapray.bench variants --backbone ViT-B-16 --batch 8
     python -m clapray.bench cache                        # naive vs frozen-feature-cache trial, speed-up
     python -m clapray.bench ray                          # Ray Tune/Train overhead per trial
+    python -m clapray.bench yaml                         # cost of refusing hostile YAML vs yaml.safe_load
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ SUBCOMMANDS: dict[str, str] = {
     "variants": "clapray.bench.variants",
     "cache": "clapray.bench.cache",
     "ray": "clapray.bench.ray_overhead",
+    "yaml": "clapray.bench.hostile_yaml",
 }
 
 

@@ -38,7 +38,7 @@ LOCAL_TRAIN_DRIVER_SLOTS = 1000
 """``train_driver`` units of a local Ray: trial drivers never compete with Train workers for CPUs there."""
 DRIVER_CPU = 0.1
 """CPU a trial driver reserves on a cluster without ``train_driver`` (it mostly waits for its workers)."""
-CONNECT_TIMEOUT_S = 45.0
+CONNECT_TIMEOUT_S = 30.0
 """Budget for reaching a cluster's GCS (after a TCP check of at most :data:`TCP_TIMEOUT_S`)."""
 TCP_TIMEOUT_S = 5.0
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -105,8 +105,11 @@ def start_local_ray() -> None:
         os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     import ray
 
-    ray.init(address="local", resources={TRAIN_DRIVER: LOCAL_TRAIN_DRIVER_SLOTS}, log_to_driver=False,
-             include_dashboard=None, dashboard_host="127.0.0.1")
+    try:
+        ray.init(address="local", resources={TRAIN_DRIVER: LOCAL_TRAIN_DRIVER_SLOTS}, log_to_driver=False,
+                 include_dashboard=None, dashboard_host="127.0.0.1")
+    except OSError as err:  # e.g. a RAY_TMPDIR too deep for Ray's socket paths, a full disk
+        raise UserError(f"cannot start a local Ray: {_first_line(err)}") from None
     node_ip = ray.util.get_node_ip_address()
     if not ipaddress.ip_address(node_ip).is_loopback:
         ray.shutdown()

@@ -152,19 +152,19 @@ class PromptConfig(TypedConfig):
     """Options of the learnable prompt variants (§3); each variant reads only its own fields."""
 
     n_ctx: int = config_field(12, doc="CoOp / CoCoOp: learnable context tokens before the class name (official "
-                        "CoOp 12, init N(0, 0.02^2), class token at the end)", ge=1, le=64)
+                        "CoOp 12, init N(0, 0.02^2), class token at the end)", ge=1, le=1000)
     maple_depth: int = config_field(9, doc="MaPLe: prompt depth J, i.e. layers of both towers that get prompts (layer "
                               "0 the shallow ones, 1..J-1 the deep ones; capped at the towers' layer count)",
                               ge=1, le=64)
     maple_length: int = config_field(
-        2, doc="MaPLe: prompt tokens per layer (initialised from 'a photo of a' when <= 4)", ge=1, le=64)
+        2, doc="MaPLe: prompt tokens per layer (initialised from 'a photo of a' when <= 4)", ge=1, le=1000)
     maple_official_untrained: bool = config_field(
         False, doc="MaPLe: true = the released code's behaviour, the deep prompts and all coupling layers stay "
         "at their random init (only the shallow text context learns, §3.3, P14); false = train them as MaPLe "
         "intends")
     attriclip_bank_size: int = config_field(10, doc="AttriCLIP: attributes in the bank (keys + prompts, --num_prompt)",
                                       ge=1, le=10_000)
-    attriclip_prompt_length: int = config_field(12, doc="AttriCLIP: tokens of one attribute prompt", ge=1, le=64)
+    attriclip_prompt_length: int = config_field(12, doc="AttriCLIP: tokens of one attribute prompt", ge=1, le=1000)
     attriclip_top_k: int = config_field(3, doc="AttriCLIP: attributes selected per image (--text_prompt)", ge=1)
     attriclip_ortho_weight: float = config_field(0.3, doc="AttriCLIP: weight of the attribute orthogonality loss "
                                            "(--ortho-loss)", ge=0.0, le=1e6)

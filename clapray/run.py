@@ -21,7 +21,13 @@ from clapray.errors import exit_on_user_error
 from clapray.fileio import write_text_atomic
 from clapray.task_result import TaskResult
 from clapray.typed_config import describe_fields
-from clapray.validation import check_output_dir, check_run, check_run_directory_name, check_weights
+from clapray.validation import (
+    check_data_available,
+    check_output_dir,
+    check_run,
+    check_run_directory_name,
+    check_weights,
+)
 
 EXIT_RUN_FAILED = 1
 
@@ -116,10 +122,12 @@ def main(argv: list[str] | None = None) -> int:
         check_output_dir(cfg.output_dir, f"{path}: output_dir")
     check_run(cfg, str(path))
     check_run_directory_name(cfg, str(path))
-    check_weights(cfg, str(path))
     if args.dry_run:
+        check_weights(cfg, str(path))
         print(cfg.to_yaml(), end="")
         return 0
+    check_data_available(cfg)  # before any weights are fetched: a missing dataset is one line, at once
+    check_weights(cfg, str(path))
     from clapray.learner import TrainingDiverged
 
     try:

@@ -142,6 +142,14 @@ def _check_method(cfg: RunConfig, source: str, model: str) -> None:
         if spec.per_image_queries:
             raise ConfigError(source, "method.prior", f"standard or language_aware with variant {spec.name} "
                               "(its text features are per image)", method.prior)
+    slots = _prompt_slots(method)
+    if slots is not None:
+        field, count = slots
+        context = int(model_configs()[model].get("text_cfg", {}).get("context_length", 77))
+        if count + 2 > context:  # + start and end tokens; the run checks the class names' tokens exactly
+            raise ConfigError(source, f"method.prompt.{field}", f"fewer learnable tokens ({count} with variant "
+                              f"{spec.name}); the text tower of {model} takes {context} tokens in all",
+                              getattr(method.prompt, field))
     if method.vga.enabled:
         dim = int(model_configs()[model]["embed_dim"])
         heads = method.vga.heads or spec.default_vga_heads(dim, method.deterministic)
@@ -171,6 +179,14 @@ def check_data_available(cfg: RunConfig) -> None:
     from clapray.data import build_benchmark
 
     build_benchmark(name, cfg.data.root, **options)
+
+
+def _prompt_slots(method: Any) -> tuple[str, int] | None:
+    """(field, learnable tokens in one prompt) of the variants that put learnable tokens in the text."""
+    p = method.prompt
+    return {"coop": ("n_ctx", p.n_ctx), "cocoop": ("n_ctx", p.n_ctx), "maple": ("maple_length", p.maple_length),
+            "attriclip": ("attriclip_prompt_length", p.attriclip_top_k * p.attriclip_prompt_length),
+            }.get(method.variant)
 
 
 # --------------------------------------------------------------------------------------------------

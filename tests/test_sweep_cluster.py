@@ -165,6 +165,28 @@ def test_address_of_a_server_that_is_not_ray_fails_within_a_minute(tmp_path):
     assert elapsed < 60, elapsed
 
 
+def test_a_cluster_of_another_ray_version_is_refused(monkeypatch):
+    """What the GCS check concludes from the cluster's metadata (Ray's client is replaced by a stub)."""
+    import ray
+    import ray._raylet
+    from ray._common.usage import usage_lib
+
+    from clapray.sweep import cluster
+
+    monkeypatch.setattr(ray._raylet, "GcsClient", lambda address: object())
+    monkeypatch.setattr(usage_lib, "get_cluster_metadata", lambda client: {"ray_version": "2.9.0"})
+    problem = cluster._gcs_problem("10.0.0.1:6379", timeout_s=10)
+    assert problem == f"the cluster runs Ray 2.9.0, this machine Ray {ray.__version__}; install the same version on both"
+    monkeypatch.setattr(usage_lib, "get_cluster_metadata", lambda client: {"ray_version": ray.__version__})
+    assert cluster._gcs_problem("10.0.0.1:6379", timeout_s=10) is None
+
+    def unauthenticated(client):
+        raise RuntimeError("RPC error: InvalidAuthToken: Authentication token is missing or incorrect")
+
+    monkeypatch.setattr(usage_lib, "get_cluster_metadata", unauthenticated)
+    assert cluster._gcs_problem("10.0.0.1:6379", timeout_s=10).startswith("the cluster requires token authentication")
+
+
 # --------------------------------------------------------------------------------------------------
 # Local means local
 

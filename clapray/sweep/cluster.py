@@ -156,6 +156,11 @@ def connect(address: str, *, timeout_s: float = CONNECT_TIMEOUT_S) -> str:
         raise UserError(f"{label}: expected host:port of a Ray head ({_first_line(err)})") from None
     if target is None:
         raise UserError(f"{label}: expected host:port of a Ray head")
+    if address == "auto":
+        # What ray.init does for "auto" (and only then): use token authentication if a token is at hand.
+        from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
     host, _, port = target.rpartition(":")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=TCP_TIMEOUT_S).close()

@@ -40,10 +40,12 @@ def check_sweep(sweep: SweepConfig, *, address: str | None, storage_label: str, 
                 ) -> TrialPlacement | None:
     """One-line UserError for the first problem; the trials' placement when it was worked out here."""
     check_storage(sweep.storage, storage_label)
-    for cfg in distinct_cell_configs(sweep):
-        check_weights(cfg, sweep.source, local_files=address is None)
-        if address is None and not dry_run:
+    configs = list(distinct_cell_configs(sweep))
+    if address is None and not dry_run:
+        for cfg in configs:  # the data is read where the sweep runs: here, for a local sweep
             check_data_available(cfg)
+    for cfg in configs:
+        check_weights(cfg, sweep.source, local_files=address is None)
     cap = sweep.resources.max_concurrent_trials
     if address is None:
         return plan_trials(footprint(sweep), (local_node(),), max_concurrent_trials=cap, where="this machine")

@@ -147,6 +147,8 @@ class CellSearch(Searcher):
             searcher.on_trial_complete(key, {OBJECTIVE: sum(values) / len(values)})
 
     def save(self, checkpoint_path: str) -> None:
+        # A pickle, like the rest of Ray Tune's experiment state beside it (tuner.pkl, params.pkl), which Tune
+        # unpickles itself on resume: a sweep's storage is trusted as much as that (README "What is trusted").
         import pickle
 
         with open(checkpoint_path, "wb") as fh:

@@ -19,7 +19,7 @@ from clapray.errors import ConfigError, UserError, exit_on_user_error
 from clapray.sweep.describe import describe
 from clapray.sweep.loader import load_sweep_config, resolve_sweep_argument
 from clapray.sweep.model import SweepOptions
-from clapray.sweep.preflight import check_sweep
+from clapray.sweep.preflight import check_resources, check_sweep
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,13 +48,17 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as err:
             raise UserError(f"--storage: expected {err.expected}, got {err.got_text}") from None
         sweep = replace(sweep, storage=args.storage)
-    # Everything checked before anything is written or started; --dry-run stops right after.
-    placement = check_sweep(sweep, address=args.address, storage_label=storage_label, dry_run=args.dry_run)
+    # Everything checked before anything is written or started; --dry-run stops right after (printing the
+    # plan before the resources check, so a sweep meant for a cluster still shows what it would run).
+    check_sweep(sweep, address=args.address, storage_label=storage_label, dry_run=args.dry_run)
     if args.dry_run:
-        print(describe(sweep))
-        if placement is not None and placement.note:
+        print(describe(sweep), flush=True)
+        placement = check_resources(sweep, address=args.address)
+        if placement.note:
             print(placement.note)
         return 0
+    if args.address is None:
+        check_resources(sweep, address=None)  # before a local Ray starts; a cluster is checked once connected
     from clapray.sweep.driver import run_sweep
 
     grid = run_sweep(sweep, address=args.address)

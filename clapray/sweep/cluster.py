@@ -282,9 +282,9 @@ def _autoscaler_node_kinds() -> list[NodeKind]:
 
 
 def plan_trials(footprint: TrialFootprint, nodes: tuple[NodeKind, ...], *, max_concurrent_trials: int | None,
-                where: str) -> TrialPlacement:
-    """Check that one trial's workers fit ``nodes`` (``where`` names the cluster in the message) and place
-    the trial drivers; a UserError saying what is missing otherwise."""
+                where: str, hint: str = "") -> TrialPlacement:
+    """Check that one trial's workers fit ``nodes`` (``where`` names the cluster in the message, ``hint``
+    ends it) and place the trial drivers; a UserError saying what is missing otherwise."""
     bundle = footprint.worker_bundle()
     per_node = [(node, _fits(node.resources, bundle)) for node in nodes]
     largest = {key: max((node.resources.get(key, 0.0) for node in nodes), default=0.0) for key in bundle}
@@ -292,11 +292,11 @@ def plan_trials(footprint: TrialFootprint, nodes: tuple[NodeKind, ...], *, max_c
         need = ", ".join(f"{v:g} {k}" for k, v in bundle.items())
         have = ", ".join(f"{largest[k]:g} {k}" for k in bundle)
         raise UserError(f"resources: one Ray Train worker needs {need} on one node, but the largest node of "
-                        f"{where} has {have}; lower resources.cpus_per_worker / gpus_per_worker")
+                        f"{where} has {have}; lower resources.cpus_per_worker / gpus_per_worker{hint}")
     capacity = sum(math.inf if node.count < 0 else fit * node.count for node, fit in per_node)
     if capacity < footprint.workers:
         raise UserError(f"resources: a trial needs {footprint.workers} workers of {_text(bundle)} at once, but "
-                        f"{where} can hold {int(capacity)}; lower resources.workers_per_trial")
+                        f"{where} can hold {int(capacity)}; lower resources.workers_per_trial{hint}")
     if any(node.resources.get(TRAIN_DRIVER, 0) >= 1 for node in nodes):
         return TrialPlacement({"cpu": 0, TRAIN_DRIVER: 1}, max_concurrent_trials, None, nodes)
     # No train_driver anywhere (a plain `ray start`, KubeRay, SLURM): each driver takes DRIVER_CPU. Tune would

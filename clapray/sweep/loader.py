@@ -33,12 +33,9 @@ raises a one-line :class:`~clapray.errors.ConfigError`::
 
     sweeps/x.yaml: search.space.method.vga.depth: expected an integer >= 1, got 0
 
-This module is pure Python and YAML (no torch, Ray or Optuna): the sweep driver turns
-:class:`Distribution` objects into Optuna ``suggest_*`` calls, and tests import it cheaply.
-
-Order in which a trial's run config is assembled (later wins): base, ``set``, the cell's setting
-preset, the cell's grid values, the sampled values that are active, ``same_as`` copies, then
-``seeds.init`` and ``name``.
+Pure Python and YAML (no torch, Ray or Optuna). Order in which a trial's run config is assembled (later
+wins): base, ``set``, the setting preset, the grid values, the active sampled values, ``same_as`` copies,
+then ``seeds.init`` and ``name``.
 """
 
 from __future__ import annotations

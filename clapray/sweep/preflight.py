@@ -36,9 +36,8 @@ def distinct_cell_configs(sweep: SweepConfig) -> Iterator[RunConfig]:
             yield cfg
 
 
-def check_sweep(sweep: SweepConfig, *, address: str | None, storage_label: str, dry_run: bool
-                ) -> TrialPlacement | None:
-    """One-line UserError for the first problem; the trials' placement when it was worked out here."""
+def check_sweep(sweep: SweepConfig, *, address: str | None, storage_label: str, dry_run: bool) -> None:
+    """Storage, data (a real local sweep) and weights: a one-line UserError for the first problem."""
     check_storage(sweep.storage, storage_label)
     configs = list(distinct_cell_configs(sweep))
     if address is None and not dry_run:
@@ -46,11 +45,16 @@ def check_sweep(sweep: SweepConfig, *, address: str | None, storage_label: str, 
             check_data_available(cfg)
     for cfg in configs:
         check_weights(cfg, sweep.source, local_files=address is None)
+
+
+def check_resources(sweep: SweepConfig, *, address: str | None) -> TrialPlacement:
+    """One trial fits the target: this machine (no ``address``), or the cluster at ``address`` (connected to
+    and left again: a real sweep checks once connected). A one-line UserError otherwise."""
     cap = sweep.resources.max_concurrent_trials
     if address is None:
-        return plan_trials(footprint(sweep), (local_node(),), max_concurrent_trials=cap, where="this machine")
-    if not dry_run:
-        return None
+        return plan_trials(footprint(sweep), (local_node(),), max_concurrent_trials=cap, where="this machine",
+                           hint=", or run the sweep on a cluster with --address (a dry run with --address checks "
+                           "that cluster)")
     import ray
 
     connect(address)

@@ -111,7 +111,9 @@ def _check_data(cfg: RunConfig, source: str) -> None:
         plan_tasks(shape, num_tasks=data.num_tasks, classes_per_task=data.classes_per_task,
                    initial_classes=data.initial_classes)
     except TaskSplitError as err:
-        raise ConfigError(source, f"data.{err.option}", f"{err.expected} ({name} has {shape.num_classes} classes)",
+        known = "classes" in err.expected  # the message names the class count already
+        raise ConfigError(source, f"data.{err.option}",
+                          err.expected if known else f"{err.expected} ({name} has {shape.num_classes} classes)",
                           err.got) from None
 
 

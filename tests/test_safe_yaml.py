@@ -49,7 +49,8 @@ def test_plain_files_load_as_before(tmp_path):
 
 def test_not_utf8(tmp_path):
     err = error_of(tmp_path, b"name: ok\nmethod:\n  variant: caf\xe9\n")
-    assert str(err) == f"{tmp_path / 'run.yaml'}: line 3: expected UTF-8 text, got the byte 0xe9, which is not UTF-8 here"
+    assert str(err) == (f"{tmp_path / 'run.yaml'}: line 3: expected UTF-8 text, got the byte 0xe9, which is not "
+                        "UTF-8 here")
 
 
 @pytest.mark.parametrize("text, line, key", [

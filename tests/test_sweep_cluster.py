@@ -4,6 +4,7 @@ with token authentication and no custom resources runs a sweep."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import secrets
@@ -55,7 +56,8 @@ def free_port() -> int:
 def ray_processes(ray_tmp: Path) -> list:
     """Processes that belong to the Ray using ``ray_tmp``: its path in their command line or RAY_TMPDIR."""
     import ray  # noqa: F401 - puts Ray's bundled psutil on the path
-    import psutil
+
+    psutil = importlib.import_module("psutil")  # after Ray: the import order matters here
 
     found = []
     for proc in psutil.process_iter(["pid", "cmdline", "environ"]):
@@ -119,7 +121,8 @@ def test_infeasible_trials_are_refused_with_one_line():
     with pytest.raises(UserError, match=r"^resources: one Ray Train worker needs 64 CPU on one node, but the "
                                         r"largest node of this machine has 2 CPU"):
         plan_trials(TrialFootprint(1, 64, 0.0), nodes, max_concurrent_trials=None, where="this machine")
-    with pytest.raises(UserError, match="needs 1 CPU, 1 GPU on one node, but the largest node of this machine has 2 CPU, 0 GPU"):
+    with pytest.raises(UserError, match="needs 1 CPU, 1 GPU on one node, but the largest node of this machine has "
+                                        "2 CPU, 0 GPU"):
         plan_trials(TrialFootprint(1, 1, 1.0), nodes, max_concurrent_trials=None, where="this machine")
     with pytest.raises(UserError, match="a trial needs 3 workers of .* at once, but this machine can hold 2"):
         plan_trials(TrialFootprint(3, 1, 0.0), nodes, max_concurrent_trials=None, where="this machine")
@@ -176,7 +179,8 @@ def test_a_cluster_of_another_ray_version_is_refused(monkeypatch):
     monkeypatch.setattr(ray._raylet, "GcsClient", lambda address: object())
     monkeypatch.setattr(usage_lib, "get_cluster_metadata", lambda client: {"ray_version": "2.9.0"})
     problem = cluster._gcs_problem("10.0.0.1:6379", timeout_s=10)
-    assert problem == f"the cluster runs Ray 2.9.0, this machine Ray {ray.__version__}; install the same version on both"
+    assert problem == (f"the cluster runs Ray 2.9.0, this machine Ray {ray.__version__}; install the same version "
+                       "on both")
     monkeypatch.setattr(usage_lib, "get_cluster_metadata", lambda client: {"ray_version": ray.__version__})
     assert cluster._gcs_problem("10.0.0.1:6379", timeout_s=10) is None
 

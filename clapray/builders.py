@@ -13,6 +13,7 @@ import torch
 
 from clapray.config import RunConfig
 from clapray.errors import UserError
+from clapray.model.catalog import MINI_CLIP_TAG
 
 if TYPE_CHECKING:
     from clapray.data import Benchmark, ClassIncrementalScenario
@@ -40,8 +41,6 @@ def trainable_dtype(cfg: RunConfig, device: torch.device) -> torch.dtype:
     return torch.float16 if resolve_precision(cfg, device) == "fp16" else torch.float32
 
 
-MINI_CLIP_TAG = "clapray-shapes"
-"""``backbone.pretrained`` value meaning "the mini-CLIP pretrained on shapes captions" (trained on first use)."""
 
 
 def resolve_pretrained(cfg: RunConfig) -> str | None:
@@ -78,22 +77,10 @@ def build_backbone(cfg: RunConfig, device: torch.device | None = None) -> Backbo
 
 def build_benchmark_from_config(cfg: RunConfig) -> Benchmark:
     from clapray.data import build_benchmark
+    from clapray.validation import benchmark_request
 
-    data = cfg.data
-    options: dict[str, object] = {}
-    if data.dataset in ("shapes", "shapes_cl"):
-        s = data.shapes
-        options = dict(num_classes=s.num_classes, train_per_class=s.train_per_class,
-                       test_per_class=s.test_per_class, image_size=s.image_size, seed=s.seed, cache=s.cache)
-    elif data.dataset == "cifar100":
-        options = dict(download=data.download)
-    elif data.dataset == "cdcl":
-        options = dict(dataset_options={"cifar100": {"download": data.download}})
-        if data.sequence:
-            options["sequence"] = tuple(data.sequence)
-    if data.sequence and data.dataset != "cdcl":
-        raise UserError(f"data.sequence: only used with dataset cdcl, but dataset is {data.dataset!r}")
-    return build_benchmark(data.dataset, data.root, **options)
+    name, options = benchmark_request(cfg)
+    return build_benchmark(name, cfg.data.root, **options)
 
 
 def build_scenario_from_config(cfg: RunConfig, benchmark: Benchmark | None = None) -> ClassIncrementalScenario:

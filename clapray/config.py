@@ -44,6 +44,24 @@ from clapray.typed_config import (
 PROMPT_VARIANTS = VARIANT_NAMES
 EXEMPLAR_SELECTORS = ("first_k", "random", "herding", "entropy", "energy", "variance")
 
+# Upper bounds of sizes and seeds: far above any sensible run, low enough that a typo (an extra zero or
+# three) is refused at load instead of asking for hundreds of gigabytes hours later.
+MAX_SEED = 2**31 - 1
+"""Largest seed: NumPy's legacy RandomState (the official class order) takes seeds below 2**32, torch below
+2**64; one bound that every seed of a run and a sweep obeys."""
+MAX_NAME_BYTES = 200
+"""Longest run name in UTF-8 bytes: ``<name>-<12-hex hash>`` must stay a valid file name (255 bytes)."""
+MAX_MC_SAMPLES = 1000
+MAX_BATCH = 65_536
+MAX_EPOCHS = 10_000
+MAX_IMAGES_PER_CLASS = 1_000_000
+
+
+def is_valid_name(name: str) -> bool:
+    """A run name usable as (the start of) one file name on every platform clapray runs on."""
+    return (bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name
+            and name.isprintable() and len(name.encode()) <= MAX_NAME_BYTES)
+
 
 # --------------------------------------------------------------------------------------------------
 # The sections of a run.
@@ -70,11 +88,12 @@ class BackboneConfig(TypedConfig):
 class ShapesConfig(TypedConfig):
     """Options of the generated ``shapes`` and ``shapes_cl`` datasets (ignored by other datasets)."""
 
-    num_classes: int = config_field(50, doc="number of colour-shape classes", ge=2)
-    train_per_class: int = config_field(100, doc="training images per class", ge=1)
-    test_per_class: int = config_field(20, doc="test images per class", ge=1)
-    image_size: int = config_field(64, doc="rendered image side in pixels", ge=8)
-    seed: int = config_field(0, doc="generator seed: the same seed renders the same images", ge=0)
+    num_classes: int = config_field(50, doc="number of colour-shape classes (shapes at most 144, shapes_cl 60)",
+                                    ge=2, le=144)
+    train_per_class: int = config_field(100, doc="training images per class", ge=1, le=MAX_IMAGES_PER_CLASS)
+    test_per_class: int = config_field(20, doc="test images per class", ge=1, le=MAX_IMAGES_PER_CLASS)
+    image_size: int = config_field(64, doc="rendered image side in pixels", ge=8, le=1024)
+    seed: int = config_field(0, doc="generator seed: the same seed renders the same images", ge=0, le=MAX_SEED)
     cache: bool = config_field(False, doc="render once into an array under data.root instead of on the fly")
 
 
@@ -95,12 +114,15 @@ class DataConfig(TypedConfig):
         "empty = the benchmark's default order")
     val_fraction: float = config_field(0.0, doc="fraction of each class's training images held out for "
                                  "validation (the paper tuned on 10% of CIFAR-100 train)", ge=0.0, lt=1.0)
-    num_workers: int = config_field(2, doc="DataLoader worker processes", ge=0)
+    num_workers: int = config_field(2, doc="DataLoader worker processes", ge=0, le=256)
     shapes: ShapesConfig = config_field(factory=ShapesConfig, doc="options of the shapes dataset")
     feature_cache: bool = config_field(
         True, doc="train and evaluate on image embeddings computed once (both flip views) when the variant "
         "keeps the image tower frozen (all but MaPLe); false = encode images every step. Same batches and "
         "flips either way, so the metrics agree up to float rounding")
+
+    def check(self) -> None:
+        require(self, bool(self.root.strip()) and "\0" not in self.root, "root", "a directory path (not empty)")
 
 
 @dataclass(frozen=True)
@@ -108,10 +130,10 @@ class VGAConfig(TypedConfig):
     """Visual-guided attention: a transformer decoder, text queries over image memory (§4)."""
 
     enabled: bool = config_field(True, doc="use VGA (off: h_c = t_c)")
-    depth: int = config_field(1, doc="decoder layers L (official: 1, hard-coded)", ge=1)
+    depth: int = config_field(1, doc="decoder layers L (official: 1, hard-coded)", ge=1, le=64)
     heads: int | None = config_field(None, doc="attention heads H; null = the variant's official value "
-                               "(hand-crafted 1, CoOp/MaPLe/w/o VI d/64, AttriCLIP 8)", ge=1)
-    ff_dim: int = config_field(2048, doc="feed-forward width (PyTorch default 2048)", ge=1)
+                               "(hand-crafted 1, CoOp/MaPLe/w/o VI d/64, AttriCLIP 8)", ge=1, le=256)
+    ff_dim: int = config_field(2048, doc="feed-forward width (PyTorch default 2048)", ge=1, le=65_536)
     dropout: float = config_field(0.1, doc="dropout inside the decoder, active in main training only", ge=0.0, lt=1.0)
     context: Literal["batch", "image"] = config_field(
         "batch", doc="what an image's text queries attend to: batch = every image of the batch (official; "
@@ -123,9 +145,9 @@ class ConsolidationConfig(TypedConfig):
     """Class-balanced finetuning on the memory after every task but the first (§11)."""
 
     enabled: bool = config_field(True, doc="run memory consolidation (off in replay-free mode regardless)")
-    epochs: int = config_field(2, doc="consolidation epochs (README 2, scripts 1)", ge=1)
+    epochs: int = config_field(2, doc="consolidation epochs (README 2, scripts 1)", ge=1, le=MAX_EPOCHS)
     lr_factor: float = config_field(0.1, doc="consolidation lr = main lr x factor (code lr/10; paper 1e-4 absolute)",
-                              gt=0.0)
+                              gt=0.0, le=100.0)
 
 
 @dataclass(frozen=True)
@@ -133,11 +155,12 @@ class PromptConfig(TypedConfig):
     """Options of the learnable prompt variants (§3); each variant reads only its own fields."""
 
     n_ctx: int = config_field(12, doc="CoOp / CoCoOp: learnable context tokens before the class name (official "
-                        "CoOp 12, init N(0, 0.02^2), class token at the end)", ge=1)
+                        "CoOp 12, init N(0, 0.02^2), class token at the end)", ge=1, le=1000)
     maple_depth: int = config_field(9, doc="MaPLe: prompt depth J, i.e. layers of both towers that get prompts (layer "
-                              "0 the shallow ones, 1..J-1 the deep ones; capped at the towers' layer count)", ge=1)
+                              "0 the shallow ones, 1..J-1 the deep ones; capped at the towers' layer count)",
+                              ge=1, le=64)
     maple_length: int = config_field(
-        2, doc="MaPLe: prompt tokens per layer (initialised from 'a photo of a' when <= 4)", ge=1)
+        2, doc="MaPLe: prompt tokens per layer (initialised from 'a photo of a' when <= 4)", ge=1, le=1000)
     maple_official_untrained: bool = config_field(
         False, doc="MaPLe: true = the released code's behaviour, the deep prompts and all coupling layers stay "
         "at their random init (only the shallow text context learns, §3.3, P14); false = train them as MaPLe "
@@ -150,15 +173,15 @@ class PromptConfig(TypedConfig):
         False, doc="CoOp (and CoCoOp): true = the released code's prompts, class names with their underscores "
         "('X X .. X sea_lion.'); false = underscores as spaces, as every other prompt of the method")
     attriclip_bank_size: int = config_field(10, doc="AttriCLIP: attributes in the bank (keys + prompts, --num_prompt)",
-                                      ge=1)
-    attriclip_prompt_length: int = config_field(12, doc="AttriCLIP: tokens of one attribute prompt", ge=1)
+                                      ge=1, le=10_000)
+    attriclip_prompt_length: int = config_field(12, doc="AttriCLIP: tokens of one attribute prompt", ge=1, le=1000)
     attriclip_top_k: int = config_field(3, doc="AttriCLIP: attributes selected per image (--text_prompt)", ge=1)
     attriclip_ortho_weight: float = config_field(0.3, doc="AttriCLIP: weight of the attribute orthogonality loss "
-                                           "(--ortho-loss)", ge=0.0)
+                                           "(--ortho-loss)", ge=0.0, le=1e6)
     attriclip_match_weight: float = config_field(
-        0.7, doc="AttriCLIP: weight of the key-matching loss (--matching-loss)", ge=0.0)
+        0.7, doc="AttriCLIP: weight of the key-matching loss (--matching-loss)", ge=0.0, le=1e6)
     cocoop_reduction: int = config_field(16, doc="CoCoOp: the meta-net's bottleneck divides the embedding dim by this",
-                                   ge=1)
+                                   ge=1, le=4096)
 
     def check(self) -> None:
         require(self, self.attriclip_top_k <= self.attriclip_bank_size, "attriclip_top_k",
@@ -174,9 +197,11 @@ class MethodConfig(TypedConfig):
     prompt: PromptConfig = config_field(factory=PromptConfig, doc="options of the learnable prompt variants")
     deterministic: bool = config_field(False, doc="the 'w/o VI' variant: mean heads only, no sampling or KL (§14)")
     vga: VGAConfig = config_field(factory=VGAConfig, doc="visual-guided attention")
-    mc_samples_train: int = config_field(20, doc="Monte-Carlo samples M in training (official 20 = eval)", ge=1)
-    mc_samples_eval: int = config_field(20, doc="Monte-Carlo samples M at evaluation", ge=1)
-    kl_weight: float = config_field(0.001, doc="weight of KL(q || prior) (hard-coded 0.001 officially)", ge=0.0)
+    mc_samples_train: int = config_field(20, doc="Monte-Carlo samples M in training (official 20 = eval)", ge=1,
+                                         le=MAX_MC_SAMPLES)
+    mc_samples_eval: int = config_field(20, doc="Monte-Carlo samples M at evaluation", ge=1, le=MAX_MC_SAMPLES)
+    kl_weight: float = config_field(0.001, doc="weight of KL(q || prior) (hard-coded 0.001 officially)", ge=0.0,
+                                    le=1e6)
     prior: Literal["standard", "data_driven", "language_aware"] = config_field(
         "standard", doc="prior of the adapters' posteriors: N(0, I), data-driven (--use-np-prior) or "
         "language-aware (--frozen-prior) (§6)")
@@ -187,7 +212,8 @@ class MethodConfig(TypedConfig):
         "official context helper that its callers never reach (§6)")
     prior_context_size: float = config_field(0.67, doc="batch fraction used as context by the data-driven prior",
                                        gt=0.0, le=1.0)
-    kd_weight: float = config_field(15.0, doc="language-aware KD weight gamma (--beta; 0 disables) (§7)", ge=0.0)
+    kd_weight: float = config_field(15.0, doc="language-aware KD weight gamma (--beta; 0 disables) (§7)", ge=0.0,
+                                    le=1e6)
     language_init: bool = config_field(True, doc="language-aware init of each new adapter from template "
                                  "statistics (§8)")
     task_specific_adapters: bool = config_field(True, doc="one (mu, sigma) pair per task; false = one shared pair")
@@ -204,7 +230,8 @@ class MemoryConfig(TypedConfig):
     policy: Literal["auto", "total", "per_class"] = config_field(
         "auto", doc="auto = the official choice per dataset (CIFAR-100: 2000 in total, others 20 per "
         "class); total = size split evenly over seen classes; per_class = size per class")
-    size: int | None = config_field(None, doc="exemplars in total or per class (per policy); null with auto", ge=0)
+    size: int | None = config_field(None, doc="exemplars in total or per class (per policy); null with auto", ge=0,
+                                    le=100_000_000)
     selector: str = config_field(
         "first_k", doc="exemplar selector (§10): first_k (the official 'random'), random (a true seeded choice), "
         "herding (iCaRL), entropy (highest predictive entropy, the paper's), energy (highest energy = lowest "
@@ -235,16 +262,17 @@ class BudgetConfig(TypedConfig):
     replay_free: bool = config_field(False, doc="no exemplar memory and no consolidation")
     max_steps_per_task: int | None = config_field(
         None, doc="compute budget: cap on the optimiser steps of each phase of a task (main training, and "
-        "consolidation); null = no cap", ge=1)
+        "consolidation); null = no cap", ge=1, le=10**9)
 
 
 @dataclass(frozen=True)
 class OptimConfig(TypedConfig):
     """SGD and its schedule (§12.1). A fresh optimiser per task and per consolidation phase."""
 
-    epochs: int = config_field(5, doc="epochs per task", ge=1)
-    batch_size: int = config_field(32, doc="training batch (code 32, paper 64)", ge=1)
-    lr: float = config_field(1e-3, doc="base learning rate", gt=0.0)
+    epochs: int = config_field(5, doc="epochs per task", ge=1, le=MAX_EPOCHS)
+    batch_size: int = config_field(32, doc="training batch (code 32, paper 64)", ge=1, le=MAX_BATCH)
+    lr: float = config_field(1e-3, doc="base learning rate (at most 100: torch's optimisers keep it as a float32 "
+                             "multiplier)", gt=0.0, le=100.0)
     lr_rule: Literal["batch_scaled", "fixed"] = config_field(
         "batch_scaled", doc="batch_scaled = lr x batch/20 (code), fixed = lr as given (paper; MaPLe code)")
     warmup: Literal["fraction", "epoch", "none"] = config_field(
@@ -252,14 +280,15 @@ class OptimConfig(TypedConfig):
     warmup_fraction: float = config_field(0.3, doc="warmup share of steps when warmup = fraction", ge=0.0, lt=1.0)
     min_lr_factor: float = config_field(1e-3, doc="cosine decays to lr x this factor", ge=0.0, le=1.0)
     momentum: float = config_field(0.0, doc="SGD momentum (official 0)", ge=0.0, lt=1.0)
-    weight_decay: float = config_field(0.0, doc="SGD weight decay (official 0)", ge=0.0)
+    weight_decay: float = config_field(0.0, doc="SGD weight decay (official 0)", ge=0.0, le=100.0)
 
 
 @dataclass(frozen=True)
 class EvalConfig(TypedConfig):
     """Evaluation protocol and metrics (§13)."""
 
-    batch_size: int | None = config_field(None, doc="test batch; null = the training batch (official)", ge=1)
+    batch_size: int | None = config_field(None, doc="test batch; null = the training batch (official)", ge=1,
+                                          le=MAX_BATCH)
     protocol: Literal["per_task", "mixed"] = config_field(
         "per_task", doc="per_task = one loader per task's test set (official: VGA context holds one task); "
         "mixed = batches drawn across all seen tasks (a robustness check, P1)")
@@ -269,7 +298,7 @@ class EvalConfig(TypedConfig):
         "mixes that task's classes; the future tasks' images for novelty detection as one shuffled stream); "
         "sorted = dataset order (one or two classes per batch on class-sorted data)")
     split: Literal["test", "val"] = config_field("test", doc="evaluate on the test set or the validation split")
-    ece_bins: int = config_field(15, doc="confidence bins of ECE", ge=1)
+    ece_bins: int = config_field(15, doc="confidence bins of ECE", ge=1, le=10_000)
     phndd: bool = config_field(True, doc="post-hoc novel data detection (energy score) at every step but the last")
 
 
@@ -278,8 +307,9 @@ class SeedConfig(TypedConfig):
     """Separate seeds: the class order (with the data split) and everything random in training."""
 
     class_order: int = config_field(10, doc="class order = NumPy permutation seeded 1993 + this (official "
-                              "--num-run; README 10); also seeds the validation split", ge=0)
-    init: int = config_field(10, doc="seeds module init, MC sampling, shuffling, flips and exemplar choice", ge=0)
+                              "--num-run; README 10); also seeds the validation split", ge=0, le=MAX_SEED)
+    init: int = config_field(10, doc="seeds module init, MC sampling, shuffling, flips and exemplar choice", ge=0,
+                             le=MAX_SEED)
 
 
 @dataclass(frozen=True)
@@ -299,8 +329,11 @@ class RunConfig(TypedConfig):
     seeds: SeedConfig = config_field(factory=SeedConfig, doc="seeds")
 
     def check(self) -> None:
-        require(self, bool(self.name) and "/" not in self.name and self.name not in (".", ".."), "name",
-                 "a non-empty name without '/'")
+        require(self, is_valid_name(self.name), "name",
+                f"a non-empty name without '/' or control characters, at most {MAX_NAME_BYTES} bytes")
+        require(self, bool(self.output_dir.strip()) and "\0" not in self.output_dir, "output_dir",
+                "a directory path (not empty)")
+
         if self.eval.split == "val" and self.data.val_fraction == 0.0:
             raise ConfigError("RunConfig", "eval.split", "test unless data.val_fraction > 0", self.eval.split)
         if self.backbone.precision == "fp16" and self.device == "cpu":

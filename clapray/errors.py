@@ -8,6 +8,8 @@ stderr and exit with status 2, so a user never sees a Python traceback for their
 from __future__ import annotations
 
 import functools
+import math
+import reprlib
 import sys
 from collections.abc import Callable
 from typing import TypeVar
@@ -30,7 +32,7 @@ class ConfigError(UserError):
 
     def __init__(self, source: str, field: str, expected: str, got: object, *, got_text: str | None = None):
         self.source, self.field, self.expected, self.got = source, field, expected, got
-        self.got_text = got_text if got_text is not None else _describe(got)
+        self.got_text = got_text if got_text is not None else describe_value(got)
         super().__init__(f"{source}: {field}: expected {expected}, got {self.got_text}")
 
     def relocated(self, source: str, prefix: str) -> ConfigError:
@@ -38,11 +40,28 @@ class ConfigError(UserError):
         return ConfigError(source, f"{prefix}{self.field}", self.expected, self.got, got_text=self.got_text)
 
 
-def _describe(value: object) -> str:
-    """``-5``, ``'abc'`` (str), ``[1, 2]`` (list): the value and, where it helps, its type."""
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
+# What a message shows of a rejected value: a bounded view, never the whole value. A value from a hostile
+# file can be a string of megabytes, a list nested thousands deep or (through YAML aliases) a structure
+# whose full repr has billions of characters; reprlib visits only a few items per level.
+_VALUE_VIEW = reprlib.Repr()
+_VALUE_VIEW.maxlevel = 3
+_VALUE_VIEW.maxstring = _VALUE_VIEW.maxother = _VALUE_VIEW.maxlong = 60
+_VALUE_VIEW.maxlist = _VALUE_VIEW.maxtuple = _VALUE_VIEW.maxdict = _VALUE_VIEW.maxset = 6
+MAX_VALUE_TEXT = 60
+
+
+def describe_value(value: object) -> str:
+    """``-5``, ``'abc'`` (str), ``[1, 2]`` (list): the value and, where it helps, its type; at most about
+    80 characters whatever the value's size."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        # repr() of a huge int is slow and, past 4300 digits, refused by Python itself.
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+    try:
+        text = _VALUE_VIEW.repr(value)
+    except Exception:  # a value whose repr fails says what it is instead
+        text = f"<{type(value).__name__}>"
+    if len(text) > MAX_VALUE_TEXT:
+        text = text[: MAX_VALUE_TEXT - 3] + "..."
     if isinstance(value, (bool, int, float)) or value is None:
         return text
     return f"{text} ({type(value).__name__})"

@@ -41,11 +41,13 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from clapray import phases
+from clapray import divergence, phases
 from clapray.builders import build_backbone, build_scenario_from_config, resolve_device, trainable_dtype
+from clapray.checkpoint import load_checkpoint, numpy_rng_state, save_checkpoint, set_numpy_rng_state
 from clapray.config import RunConfig
 from clapray.data.memory import ExemplarMemory, resolve_memory_capacity
 from clapray.data.scenario import TaskSubset
+from clapray.divergence import TrainingDiverged
 from clapray.errors import UserError
 from clapray.exemplars import update_memory
 from clapray.features import ImageFeatures
@@ -62,11 +64,11 @@ from clapray.schedule import cosine_with_warmup, warmup_steps
 from clapray.task_result import RunProvenance, TaskResult
 from clapray.task_setup import TaskSetup, task_setup
 
-CHECKPOINT_VERSION = 3  # 3: a LayerNorm per adapter head (state keys mu_norm, sigma_norm)
+CHECKPOINT_VERSION = 4  # 3: a LayerNorm per adapter head (mu_norm, sigma_norm); 4: plain values only (NumPy's RNG
+# state as a tensor), read with weights_only=True
 
-
-class TrainingDiverged(RuntimeError):
-    """A loss became NaN or infinite; the run ends with status ``error`` and this message."""
+# TrainingDiverged lives in clapray.divergence; callers have always caught it here.
+__all__ = ["CHECKPOINT_VERSION", "ContinualLearner", "TaskSetup", "TrainingDiverged"]
 
 
 class ContinualLearner:
@@ -365,12 +367,14 @@ class ContinualLearner:
                     group["lr"] = float(lrs[step])
                 loss, terms = self.embedding_loss(x, labels, setup, regularize)
                 value = float(loss.detach())
-                if not self._all_finite(value):
-                    raise TrainingDiverged(f"non-finite loss {value} at task {setup.task}, {phase.name} step {step}")
+                where = f"task {setup.task}, {phase.name} step {step}"
+                divergence.check_loss(value, where, agree=self._all_finite)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self._all_reduce_gradients(params)
+                divergence.check_gradients(params, where)
                 optimizer.step()
+                divergence.check_parameters(params, where)
                 stats.add(value, *(float(terms[k].detach()) for k in ("ce", "kd", "kl")),
                           prompt=None if terms["prompt"] is None else float(terms["prompt"].detach()))
                 step += 1
@@ -385,9 +389,8 @@ class ContinualLearner:
             stats.prompt = None if stats.prompt is None else prompt
         return stats
 
-    def _all_finite(self, value: float) -> bool:
+    def _all_finite(self, finite: bool) -> bool:
         """Whether the loss is finite on every rank (one decision for all, so no rank waits alone)."""
-        finite = math.isfinite(value)
         if self.world_size == 1:
             return finite
         flag = torch.tensor([0.0 if finite else 1.0], device=self.device)
@@ -453,6 +456,7 @@ class ContinualLearner:
         logits = self._predict(self._image_batches(scenario.eval_split, seen.indices, seen.batch_sizes), setup)[0]
         targets = np.asarray(scenario.eval_targets)[seen.indices]
         tasks = np.asarray(scenario.task_of_class)[targets]
+        divergence.check_logits(logits, f"evaluation after task {task}")
         future = None
         if options.phndd and task < self.num_tasks - 1:
             # The images of every later task as one stream (official): batches mix the future tasks.
@@ -460,6 +464,7 @@ class ContinualLearner:
                                        mixed=True, stream=f"future-after-{task}", **batching)
             future = self._predict(self._image_batches(scenario.eval_split, later.indices, later.batch_sizes),
                                    setup)[0]
+            divergence.check_logits(future, f"novelty detection after task {task}")
         return step_metrics(logits, targets, tasks, task, setup.task_of_class, self._acc_rows,
                             batch_sizes=seen.batch_sizes, ece_bins=options.ece_bins, future_logits=future)
 
@@ -534,7 +539,7 @@ class ContinualLearner:
             "memory": self.memory.state_dict(),
             "history": [r.to_dict() for r in self.history],
             "accuracy_rows": [list(r) for r in self._acc_rows],
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "rng": {"torch": torch.get_rng_state(), "numpy": numpy_rng_state(), "python": random.getstate()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -555,19 +560,15 @@ class ContinualLearner:
         self._acc_rows = [list(r) for r in state["accuracy_rows"]]
         self.tasks_done = state["tasks_done"]
         torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
+        set_numpy_rng_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
 
     def save(self, path: Path) -> None:
         """Write a checkpoint atomically (temporary file, then rename)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(self.state_dict(), tmp)
-        tmp.replace(path)
+        save_checkpoint(self.state_dict(), path)
 
     def load(self, path: Path) -> None:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err:  # a truncated or foreign file: say which, never use it silently
-            raise UserError(f"{path}: not a readable checkpoint ({type(err).__name__})") from None
-        self.load_state_dict(state)
+        """Continue from a checkpoint written by :meth:`save`. It holds tensors and plain Python values only, so
+        it is read with ``weights_only=True``: a file that would run code when unpickled (planted in a run
+        directory or a shared store) is refused with one line, and its code never runs."""
+        self.load_state_dict(load_checkpoint(path))

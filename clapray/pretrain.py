@@ -48,9 +48,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from clapray.data.shapes import (
-    COLOURS,
     GENERATOR_VERSION,
-    SHAPES,
     ShapeAttributes,
     all_shape_classes,
     build_shapes,
@@ -62,14 +60,14 @@ from clapray.data.shapes_cl import CONTINUAL_CLASSES, PRETRAIN_CLASSES
 from clapray.errors import ConfigError, UserError, exit_on_user_error
 from clapray.fileio import directory_lock, write_bytes_atomic
 from clapray.model.backbone import Backbone, load_backbone, register_model_configs
+from clapray.model.catalog import MINI_CLIP_MODEL
 from clapray.model.text_features import template_text_features
-
 
 # Bump whenever the recipe changes what a given set of settings trains (captions, loss, schedule,
 # augmentation): it is part of the cache key, so a stale checkpoint is never reused.
 PRETRAIN_VERSION = 1
 
-MODEL_NAME = "clapray-mini-vit"
+MODEL_NAME = MINI_CLIP_MODEL
 """The bundled open_clip config that is pretrained."""
 
 CHECKPOINT_NAME = "model.pt"
@@ -237,7 +235,7 @@ class PretrainSettings:
     patterned: bool = False
     model_name: str = MODEL_NAME
 
-    def validate(self) -> "PretrainSettings":
+    def validate(self) -> PretrainSettings:
         """Check ranges; a bad value raises :class:`~clapray.errors.ConfigError`."""
         ints = {"seed": 0, "steps": 1, "batch_size": 2, "warmup_steps": 0, "images_per_class": 1,
                 "render_size": 8}

@@ -21,6 +21,13 @@ from clapray.errors import exit_on_user_error
 from clapray.fileio import write_text_atomic
 from clapray.task_result import TaskResult
 from clapray.typed_config import describe_fields
+from clapray.validation import (
+    check_data_available,
+    check_output_dir,
+    check_run,
+    check_run_directory_name,
+    check_weights,
+)
 
 EXIT_RUN_FAILED = 1
 
@@ -31,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", metavar="DIR", help="results store and run directory (default: output_dir)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a field, e.g. --set memory.size=500 (repeatable)")
-    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check everything the run would check, print the resolved config and exit")
     parser.add_argument("--fields", action="store_true", help="list every config field with type, default, doc")
     return parser
 
@@ -55,13 +63,17 @@ def execute(cfg: RunConfig, *, out=None) -> list[TaskResult]:
     checkpoint = run_dir / "checkpoint.pt"
     start = time.perf_counter()
 
+    from clapray.checkpoint import load_checkpoint
     from clapray.learner import ContinualLearner
 
+    # The checkpoint is read first (safely, see clapray.checkpoint): a damaged or tampered one is refused
+    # before anything is built.
+    state = load_checkpoint(checkpoint) if checkpoint.exists() else None
     # Every variant, the zero-shot reference row included, runs through the learner (which builds no head
     # for a variant that learns nothing); its features land in the store's cache, shared by later runs.
     learner = ContinualLearner(cfg, feature_store=str(store / "feature_cache"))
-    if checkpoint.exists():
-        learner.load(checkpoint)
+    if state is not None:
+        learner.load_state_dict(state)
     writer = RunWriter(store, rid, cfg, provenance=learner.provenance())
     if learner.tasks_done:
         print(f"resuming {rid} after task {learner.tasks_done}/{learner.num_tasks}", file=out)
@@ -100,12 +112,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.fields:
         print_fields()
         return 0
-    cfg = load_run_config(resolve_config_argument(args.config), args.overrides)
-    if args.out:
+    path = resolve_config_argument(args.config)
+    cfg = load_run_config(path, args.overrides)
+    # One validation pass, the same for --dry-run and a real run, before anything is written.
+    if args.out is not None:
+        check_output_dir(args.out, "--out")
         cfg = replace(cfg, output_dir=args.out)
+    else:
+        check_output_dir(cfg.output_dir, f"{path}: output_dir")
+    check_run(cfg, str(path))
+    check_run_directory_name(cfg, str(path))
     if args.dry_run:
+        check_weights(cfg, str(path))
         print(cfg.to_yaml(), end="")
         return 0
+    check_data_available(cfg)  # before any weights are fetched: a missing dataset is one line, at once
+    check_weights(cfg, str(path))
     from clapray.learner import TrainingDiverged
 
     try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -26,9 +27,8 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from clapray.errors import ConfigError
+from clapray.safe_yaml import load_yaml_text, read_yaml_file
 
 __all__ = [
     "TypedConfig",
@@ -66,7 +66,7 @@ def type_name(tp: Any) -> str:
     if tp is int:
         return "an integer"
     if tp is float:
-        return "a number"
+        return "a finite number"
     if tp is str:
         return "a string"
     if origin is Literal:
@@ -112,17 +112,16 @@ def coerce(value: Any, tp: Any) -> tuple[bool, Any]:
     if tp is int:
         return isinstance(value, int) and not isinstance(value, bool), value
     if tp is float:
-        if isinstance(value, bool):
+        # YAML 1.1 reads ``1e-3`` (no dot) as a string; accept it as the number everybody means. No field
+        # means anything by .inf or .nan (an infinite learning rate passes every ``> 0`` check), and an
+        # integer too large for a float is refused rather than overflowing.
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             return False, value
-        if isinstance(value, (int, float)):
-            return True, float(value)
-        if isinstance(value, str):
-            # YAML 1.1 reads ``1e-3`` (no dot) as a string; accept it as the number everybody means.
-            try:
-                return True, float(value)
-            except ValueError:
-                return False, value
-        return False, value
+        try:
+            number = float(value)
+        except (ValueError, OverflowError):
+            return False, value
+        return (True, number) if math.isfinite(number) else (False, value)
     if tp is str:
         return isinstance(value, str), value
     if dataclasses.is_dataclass(tp):
@@ -134,7 +133,8 @@ def range_text(meta: Mapping[str, Any]) -> str:
     parts = []
     for key, symbol in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
         if meta.get(key) is not None:
-            parts.append(f"{symbol} {meta[key]:g}")
+            bound = meta[key]
+            parts.append(f"{symbol} {bound}" if isinstance(bound, int) else f"{symbol} {bound:g}")
     return " and ".join(parts)
 
 
@@ -242,21 +242,9 @@ def from_mapping(cls: type[Any], data: Any, source: str, prefix: str = "") -> An
 
 
 def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
-    """Read a YAML file that must hold a mapping; unreadable or malformed files give one-line errors."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(str(path), "<file>", "an existing YAML file", None, got_text="no such file") from None
-    except OSError as err:
-        raise ConfigError(str(path), "<file>", "a readable YAML file", None, got_text=err.strerror) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else "<file>"
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(str(path), where, "valid YAML", None, got_text=problem) from None
+    """Read a YAML file that must hold a mapping; unreadable, malformed or hostile files (see
+    :mod:`clapray.safe_yaml`) give one-line errors."""
+    data = read_yaml_file(path)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -271,9 +259,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError("--set", key or text, "dotted.field=value", text)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
+        value = load_yaml_text(raw, "--set") if raw.strip() else None
+    except ConfigError as err:
+        if err.expected != "valid YAML":  # within YAML's grammar but beyond the limits: refused
+            raise ConfigError("--set", key, err.expected, None, got_text=err.got_text) from None
+        value = raw  # not YAML at all: the text itself (a string field will take it)
     return key.split("."), value
 
 

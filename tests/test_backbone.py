@@ -22,6 +22,7 @@ from torch import nn
 import clapray.model as cm
 from clapray.errors import UserError, WeightsUnavailableError
 from clapray.model import load_backbone, template_text_features
+from clapray.model.catalog import model_configs, resolve_model_name
 
 TINY = "clapray-tiny-vit"
 CONFIG_FILES = sorted(Path(cm.CONFIG_DIR).glob("*.json"))
@@ -252,7 +253,13 @@ def test_unknown_model_name_lists_close_matches():
 
 
 def test_openai_spelling_of_model_names_is_accepted(tiny):
-    assert cm.backbone._resolve_model_name("ViT-B/16") == "ViT-B-16"
+    assert resolve_model_name("ViT-B/16") == "ViT-B-16"
+
+
+def test_the_torch_free_catalogue_knows_what_open_clip_knows():
+    """The dry run checks model names from the JSON files alone; they must be open_clip's list exactly."""
+    cm.backbone.register_model_configs()
+    assert set(model_configs()) == set(open_clip.list_models())
 
 
 def test_unknown_pretrained_tag_lists_valid_tags():

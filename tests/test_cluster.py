@@ -28,6 +28,17 @@ from ray.autoscaler._private.util import prepare_config, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = ROOT / "cluster" / "aws.yaml"
+REQUIREMENTS_IN = ROOT / "cluster" / "requirements.in"
+REQUIREMENTS_LOCK = ROOT / "cluster" / "requirements.lock"
+BOOTSTRAP_LOCK = ROOT / "cluster" / "bootstrap.lock"
+IAM_DIR = ROOT / "cluster" / "iam"
+TOKEN_MOUNT = "~/.ray/auth_token"
+# EC2 calls Ray's AWS node provider makes on the head (ray/autoscaler/_private/aws/node_provider.py) with
+# cache_stopped_nodes: false; nothing else belongs in the head's policy.
+AUTOSCALER_EC2_ACTIONS = {"ec2:DescribeInstances", "ec2:DescribeInstanceTypes", "ec2:DescribeImages",
+                          "ec2:RunInstances", "ec2:CreateTags", "ec2:TerminateInstances"}
+S3_OBJECT_ACTIONS = {"s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"}
+S3_BUCKET_ACTIONS = {"s3:ListBucket", "s3:GetBucketLocation"}
 RAY_AUTOSCALER_DIR = Path(ray.autoscaler.__file__).parent
 RAY_SCHEMA = RAY_AUTOSCALER_DIR / "ray-schema.json"
 # Ray's AWS bootstrap; importing it needs boto3, so the test reads it instead.
@@ -179,6 +190,11 @@ def project_rule_violations(config: dict[str, Any], text: str | None = None) -> 
     mounts: dict[str, str] = config.get("file_mounts", {})
     for remote, local in mounts.items():
         local_path = Path(local)
+        if remote == TOKEN_MOUNT:
+            if local != TOKEN_MOUNT:
+                problems.append(f"file_mounts[{TOKEN_MOUNT}]: copy the token from {TOKEN_MOUNT} (never from the "
+                                "repository)")
+            continue
         if local_path.is_absolute() or local.startswith("~"):
             problems.append(f"file_mounts[{remote}]: {local} must be relative to the repository root")
         elif not (ROOT / local_path).exists():
@@ -199,17 +215,149 @@ def project_rule_violations(config: dict[str, Any], text: str | None = None) -> 
             "setup_commands must `pip install -e DIR` where file_mounts provide DIR/pyproject.toml "
             "and DIR/clapray"
         )
-    ray_pins = [m for c in install_commands for m in re.findall(r"ray\[[^\]]*\]==[\w.]+", c)]
-    pyproject = (ROOT / "pyproject.toml").read_text()
-    declared_ray = re.search(r'"(ray\[[^"]*)"', pyproject)
-    for pin in ray_pins:
-        version = pin.split("==", 1)[1]
-        if declared_ray and not Requirement(declared_ray.group(1)).specifier.contains(version):
-            problems.append(f"setup_commands pin {pin} is outside pyproject's {declared_ray.group(1)}")
-    head_setup = " ".join(str(c) for c in config.get("head_setup_commands", []))
-    if "boto3" not in head_setup:
-        problems.append("head_setup_commands must install boto3 (the autoscaler launches workers with it)")
+    problems += _setup_violations(config, mounts, provides)
+    problems += _ray_start_violations(config, mounts)
+    problems += _head_profile_violations(config)
+    return problems
 
+
+def _setup_violations(config: dict[str, Any], mounts: dict[str, str], provides) -> list[str]:
+    """Everything a node installs is pinned by version and hash; nothing is downloaded into a shell."""
+    problems = []
+    commands = [str(c) for key in ("setup_commands", "head_setup_commands", "worker_setup_commands",
+                                   "initialization_commands") for c in config.get(key, [])]
+    for command in commands:
+        if re.search(r"\b(curl|wget)\b", command) or re.search(r"\|\s*(ba|z|da)?sh\b", command):
+            problems.append(f"setup command downloads or pipes a script into a shell: {command[:80]}")
+        for install in re.split(r"[;&|]+", command):
+            if not re.search(r"\bpip install\b", install):
+                continue
+            editable = re.search(r"(?:-e|--editable)\s+(\S+)", install)
+            if editable:
+                if "--no-deps" not in install:
+                    problems.append(f"the editable install must not resolve dependencies (--no-deps): {install[:80]}")
+                continue
+            lock = re.search(r"--require-hashes\b.*-r\s+(\S+)|-r\s+(\S+).*--require-hashes\b", install)
+            if not lock:
+                problems.append(f"install without --require-hashes -r <lock file>: {install.strip()[:80]}")
+                continue
+            path = lock.group(1) or lock.group(2)
+            remote_dir, _, name = path.rpartition("/")
+            if not provides(remote_dir, name):
+                problems.append(f"{path}: the lock file is not among the file mounts")
+    venvs = [c for c in commands if re.search(r"\buv venv\b", c)]
+    if not venvs or not all("--python-preference only-managed" in c and re.search(r"--python \d", c) for c in venvs):
+        problems.append("uv venv must pin the Python (--python X.Y, --python-preference only-managed)")
+    if not any("export RAY_AUTH_MODE=token" in c for c in commands):
+        problems.append("setup_commands must export RAY_AUTH_MODE=token for drivers started on the nodes")
+    return problems
+
+
+def lock_violations(lock_text: str, requested_text: str, pyproject_text: str = "",
+                    must_hold: tuple[str, ...] = ()) -> list[str]:
+    """Every entry of a lock file is pinned (==) with file hashes; the lock holds what requirements.in asks
+    for, every dependency of pyproject.toml at a version inside its range, and ``must_hold``."""
+    problems = []
+    entries = re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*(?:\[[^\]]*\])?)==(\S+)((?:\s*\\\n\s+--hash=\S+)*)",
+                         lock_text, re.M)
+    names = [line.split()[0] for line in lock_text.splitlines() if line and not line[0].isspace()
+             and not line.startswith("#")]
+    if len(entries) != len(names) or not entries:
+        problems.append("every lock entry must be name==version")
+    for name, version, hashes in entries:
+        if "--hash=sha256:" not in hashes:
+            problems.append(f"lock entry {name}=={version} has no --hash")
+    locked = {Requirement(name).name.lower().replace("_", "-"): version for name, version, _ in entries}
+    requested = [line.split("#", 1)[0].strip() for line in requested_text.splitlines()]
+    declared = []
+    if pyproject_text:
+        block = re.search(r"^dependencies = \[(.*?)^\]", pyproject_text, re.M | re.S)
+        declared = re.findall(r'^\s*"([^"]+)"', block.group(1), re.M) if block else []
+    for line in [r for r in requested if r] + declared:
+        req = Requirement(line)
+        name = req.name.lower().replace("_", "-")
+        if name not in locked or not req.specifier.contains(locked[name]):
+            problems.append(f"the lock does not hold {line} (has {locked.get(name)})")
+    for name in must_hold:
+        if name not in locked:
+            problems.append(f"the lock must install {name}")
+    return problems
+
+
+def _ray_start_violations(config: dict[str, Any], mounts: dict[str, str]) -> list[str]:
+    """Token authentication on every node; the dashboard on the head's loopback address only."""
+    problems = []
+    if mounts.get(TOKEN_MOUNT) != TOKEN_MOUNT:
+        problems.append(f"file_mounts must copy the Ray token to {TOKEN_MOUNT} on every node")
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [str(c) for c in config.get(key, []) if "ray start" in str(c)]
+        if not starts:
+            problems.append(f"{key}: no `ray start`")
+        for command in starts:
+            if not re.search(r"(?:^|[;&\s])(?:export\s+)?RAY_AUTH_MODE=token\b[^;&]*\bray start\b", command):
+                problems.append(f"{key}: ray start without RAY_AUTH_MODE=token: {command[:80]}")
+            for host in re.findall(r"--dashboard-host[= ](\S+)", command):
+                if host not in ("127.0.0.1", "localhost", "::1"):
+                    problems.append(f"{key}: the dashboard binds {host}; it must listen on 127.0.0.1 only")
+    head = " ".join(str(c) for c in config.get("head_start_ray_commands", []))
+    if not re.search(r"--dashboard-host[= ](127\.0\.0\.1|localhost|::1)\b", head):
+        problems.append("head_start_ray_commands: give --dashboard-host=127.0.0.1 explicitly")
+    return problems
+
+
+def _head_profile_violations(config: dict[str, Any]) -> list[str]:
+    """The head has an instance profile of its own, so `ray up` does not create and attach its default
+    ray-autoscaler-v1 (AmazonEC2FullAccess + AmazonS3FullAccess)."""
+    types = config.get("available_node_types", {})
+    head = types.get(config.get("head_node_type"), {}).get("node_config", {})
+    profile = head.get("IamInstanceProfile", {})
+    ref = str(profile.get("Arn") or profile.get("Name") or "")
+    if not ref:
+        return ["the head needs an IamInstanceProfile of its own (else ray up attaches ray-autoscaler-v1)"]
+    if ref.rsplit("/", 1)[-1] == "ray-autoscaler-v1":
+        return ["the head must not use ray-autoscaler-v1 (EC2 and S3 full access)"]
+    worker_refs = {str(t.get("node_config", {}).get("IamInstanceProfile", {}).get("Arn", "")) for name, t in
+                   types.items() if name != config.get("head_node_type")}
+    if ref in worker_refs:
+        return ["the head and the workers need different instance profiles (the workers need no EC2 access)"]
+    return []
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def iam_policy_violations(policy: dict[str, Any], *, head: bool) -> list[str]:
+    """Least privilege: named actions only (no wildcard), S3 on the one bucket and its prefix, EC2 only what
+    the autoscaler calls (head), TerminateInstances only on this cluster's nodes, PassRole only the worker's."""
+    problems = []
+    bucket, objects = "arn:aws:s3:::REPLACE_BUCKET", "arn:aws:s3:::REPLACE_BUCKET/REPLACE_PREFIX/*"
+    for i, statement in enumerate(policy.get("Statement", [])):
+        where = f"statement {statement.get('Sid', i)}"
+        if statement.get("Effect") != "Allow" or "NotAction" in statement or "NotResource" in statement:
+            problems.append(f"{where}: only plain Allow statements")
+        actions, resources = _as_list(statement.get("Action", [])), _as_list(statement.get("Resource", []))
+        for action in actions:
+            if "*" in action:
+                problems.append(f"{where}: wildcard action {action}")
+            service = action.split(":", 1)[0]
+            if service == "s3":
+                allowed = ({bucket} if action in S3_BUCKET_ACTIONS else
+                           {objects} if action in S3_OBJECT_ACTIONS else set())
+                if not allowed or set(resources) - allowed:
+                    problems.append(f"{where}: {action} on {resources}; only the results bucket and prefix")
+            elif service == "ec2":
+                if not head or action not in AUTOSCALER_EC2_ACTIONS:
+                    problems.append(f"{where}: {action} is not an EC2 call the autoscaler makes")
+                if action == "ec2:TerminateInstances":
+                    tag = statement.get("Condition", {}).get("StringEquals", {}).get("ec2:ResourceTag/ray-cluster-name")
+                    if tag != "clapray":
+                        problems.append(f"{where}: TerminateInstances must be limited to this cluster's nodes")
+            elif action == "iam:PassRole":
+                if not head or resources != ["arn:aws:iam::REPLACE_ACCOUNT_ID:role/clapray-worker"]:
+                    problems.append(f"{where}: iam:PassRole only for the worker role")
+            else:
+                problems.append(f"{where}: {action} is not needed")
     return problems
 
 
@@ -240,6 +388,125 @@ def test_cluster_yaml_matches_the_schema_shipped_with_ray():
 def test_cluster_yaml_follows_project_rules():
     raw, text = load_raw()
     assert project_rule_violations(raw, text) == []
+
+
+def test_lock_files_pin_every_version_and_hash():
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert lock_violations(REQUIREMENTS_LOCK.read_text(), REQUIREMENTS_IN.read_text(), pyproject, ("boto3",)) == []
+    assert lock_violations(BOOTSTRAP_LOCK.read_text(), (ROOT / "cluster" / "bootstrap.in").read_text()) == []
+
+
+LOCK_BREAKAGES = {
+    "an entry without hashes": (lambda t: re.sub(r"(^optuna==\S+) \\\n(\s+--hash=\S+ \\\n)*\s+--hash=\S+\n",
+                                                 r"\1\n", t, flags=re.M), "optuna==5.1.0 has no --hash"),
+    "an unpinned entry": (lambda t: t.replace("\nboto3==", "\nboto3>="), "name==version"),
+    "ray outside pyproject": (lambda t: t.replace("\nray==2.60.0", "\nray==2.9.0"), "ray[default,tune,train]"),
+    "boto3 missing": (lambda t: re.sub(r"^boto3==.*?(?=^\S)", "", t, flags=re.M | re.S), "boto3"),
+}
+
+
+@pytest.mark.parametrize("case", list(LOCK_BREAKAGES))
+def test_lock_rules_reject_broken_locks(case):
+    edit, message = LOCK_BREAKAGES[case]
+    broken = edit(REQUIREMENTS_LOCK.read_text())
+    assert broken != REQUIREMENTS_LOCK.read_text()
+    problems = lock_violations(broken, REQUIREMENTS_IN.read_text(), (ROOT / "pyproject.toml").read_text(), ("boto3",))
+    assert any(message in p for p in problems), problems
+
+
+def _policy(name: str) -> dict[str, Any]:
+    return json.loads((IAM_DIR / f"{name}.json").read_text())
+
+
+def test_iam_policies_are_least_privilege():
+    assert iam_policy_violations(_policy("head-policy"), head=True) == []
+    assert iam_policy_violations(_policy("worker-policy"), head=False) == []
+    head_actions = {a for st in _policy("head-policy")["Statement"] for a in _as_list(st["Action"])}
+    assert {a for a in head_actions if a.startswith("ec2:")} <= AUTOSCALER_EC2_ACTIONS
+
+
+def _grant(name: str, statement: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+    def policy() -> dict[str, Any]:
+        doc = _policy(name)
+        doc["Statement"].append(statement)
+        return doc
+
+    return policy
+
+
+def _terminate_anything() -> dict[str, Any]:
+    doc = _policy("head-policy")
+    for st in doc["Statement"]:
+        if st["Action"] == "ec2:TerminateInstances":
+            st.pop("Condition")
+    return doc
+
+
+IAM_BREAKAGES = {  # (policy with a broader grant, checked as the head's?, what the rule says)
+    "S3 full access": (_grant("worker-policy", {"Effect": "Allow", "Action": "s3:*", "Resource": "*"}), False,
+                       "wildcard"),
+    "another bucket": (_grant("worker-policy", {"Effect": "Allow", "Action": "s3:GetObject",
+                                                "Resource": "arn:aws:s3:::other/*"}), False, "results bucket"),
+    "EC2 full access": (_grant("head-policy", {"Effect": "Allow", "Action": "ec2:*", "Resource": "*"}), True,
+                        "wildcard"),
+    "EC2 on a worker": (_grant("worker-policy", {"Effect": "Allow", "Action": "ec2:RunInstances", "Resource": "*"}),
+                        False, "autoscaler"),
+    "terminate any instance": (_terminate_anything, True, "this cluster's nodes"),
+    "pass any role": (_grant("head-policy", {"Effect": "Allow", "Action": "iam:PassRole", "Resource": "*"}), True,
+                      "worker role"),
+    "an unrelated service": (_grant("head-policy", {"Effect": "Allow", "Action": "lambda:InvokeFunction",
+                                                    "Resource": "*"}), True, "not needed"),
+}
+
+
+@pytest.mark.parametrize("case", list(IAM_BREAKAGES))
+def test_iam_rules_reject_broader_policies(case):
+    make, head, message = IAM_BREAKAGES[case]
+    problems = iam_policy_violations(make(), head=head)
+    assert any(message in p for p in problems), problems
+
+
+def test_readme_creates_the_roles_from_the_policy_files():
+    readme = (ROOT / "README.md").read_text()
+    for name in ("ec2-trust", "head-policy", "worker-policy"):
+        assert f"file://cluster/iam/{name}.json" in readme, name
+    assert "aws iam create-instance-profile --instance-profile-name clapray-$who" in readme
+    raw, _ = load_raw()
+    for head in (True, False):  # the profiles the README creates are the ones the cluster file names
+        arn = _node_type(raw, head=head)["node_config"]["IamInstanceProfile"]["Arn"]
+        assert arn.rsplit("/", 1)[-1] in ("clapray-head" if head else "clapray-worker",), arn
+    assert "RAY_AUTH_MODE=token" in readme and "ray get-auth-token --generate" in readme
+
+
+def test_ray_up_does_not_create_or_attach_its_default_profile(tmp_path, monkeypatch):
+    """Ray's AWS bootstrap, against mocked AWS: with the head's own profile it creates no role and attaches
+    no policy; without it, it creates ray-autoscaler-v1 with EC2 and S3 full access (why the head has one)."""
+    moto = pytest.importorskip("moto")
+    pytest.importorskip("boto3")
+    import boto3
+    from ray.autoscaler._private.aws import config as aws_config
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
+    monkeypatch.setattr(aws_config.time, "sleep", lambda _s: None)
+    raw, _ = load_raw()
+    for with_profile in (True, False):
+        config = ray_validate(raw)
+        config["head_node"] = {}  # what bootstrap_aws sets up before configuring the role
+        if not with_profile:
+            _head_profile(None)(config)
+        with moto.mock_aws():
+            config = aws_config._configure_iam_role(config)
+            roles = boto3.client("iam", region_name="us-west-2").list_roles()["Roles"]
+            attached = [p["PolicyName"] for r in roles for p in boto3.client("iam", region_name="us-west-2")
+                        .list_attached_role_policies(RoleName=r["RoleName"])["AttachedPolicies"]]
+        if with_profile:
+            assert roles == [] and attached == [] and config["head_node"] == {}
+        else:
+            assert [r["RoleName"] for r in roles] == ["ray-autoscaler-v1"]
+            assert {"AmazonEC2FullAccess", "AmazonS3FullAccess"} <= set(attached)
+            assert config["head_node"]["IamInstanceProfile"]["Arn"].endswith("/ray-autoscaler-v1")
 
 
 def test_cluster_yaml_layout():
@@ -346,8 +613,35 @@ def _absolute_mount(config):
     config["file_mounts"]["~/clapray/clapray"] = str(ROOT / "clapray")
 
 
-def _ray_pin_outside_pyproject(config):
-    config["setup_commands"].append('pip install "ray[default,tune,train]==2.9.0"')
+def _unhashed_install(config):
+    config["setup_commands"].append('~/.local/bin/uv pip install --python ~/clapray-venv/bin/python "boto3>=1.26"')
+
+
+def _curl_pipe_sh(config):
+    config["setup_commands"].insert(0, "curl -LsSf https://astral.sh/uv/install.sh | sh")
+
+
+def _start_command(key: str, edit: Callable[[str], str]) -> Callable[[dict[str, Any]], None]:
+    def mutate(config: dict[str, Any]) -> None:
+        config[key] = [edit(c) if "ray start" in c else c for c in config[key]]
+
+    return mutate
+
+
+def _head_profile(value: Any) -> Callable[[dict[str, Any]], None]:
+    def mutate(config: dict[str, Any]) -> None:
+        node_config = _node_type(config, head=True)["node_config"]
+        if value is None:
+            node_config.pop("IamInstanceProfile")
+        else:
+            node_config["IamInstanceProfile"] = value
+
+    return mutate
+
+
+def _same_profile_as_workers(config):
+    _node_type(config, head=True)["node_config"]["IamInstanceProfile"] = dict(
+        _node_type(config, head=False)["node_config"]["IamInstanceProfile"])
 
 
 RULES_REJECT = {
@@ -379,8 +673,31 @@ RULES_REJECT = {
     ),
     "package not installed": (_no_install, "pip install -e"),
     "absolute local mount path": (_absolute_mount, "relative"),
-    "Ray pin outside pyproject": (_ray_pin_outside_pyproject, "outside pyproject"),
-    "no boto3 on the head": (_set("head_setup_commands", []), "boto3"),
+    "an install without hashes": (_unhashed_install, "--require-hashes"),
+    "a script piped into sh": (_curl_pipe_sh, "pipes a script"),
+    "unpinned Python": (lambda c: c.update(setup_commands=[x.replace(" --python-preference only-managed", "")
+                                                         for x in c["setup_commands"]]), "pin the Python"),
+    "editable install resolving dependencies": (
+        lambda c: c.update(setup_commands=[x.replace("--no-deps -e", "-e") for x in c["setup_commands"]]),
+        "--no-deps"),
+    "token auth off on the head": (_start_command("head_start_ray_commands",
+                                                  lambda c: c.replace("RAY_AUTH_MODE=token ", "")), "RAY_AUTH_MODE"),
+    "token auth off on the workers": (_start_command("worker_start_ray_commands",
+                                                     lambda c: c.replace("RAY_AUTH_MODE=token ", "")), "RAY_AUTH_MODE"),
+    "drivers on the nodes without token auth": (
+        lambda c: c.update(setup_commands=[x for x in c["setup_commands"] if "RAY_AUTH_MODE" not in x]),
+        "export RAY_AUTH_MODE=token"),
+    "no token copied to the nodes": (lambda c: c["file_mounts"].pop(TOKEN_MOUNT), "Ray token"),
+    "token copied from the repository": (lambda c: c["file_mounts"].update({TOKEN_MOUNT: "./auth_token"}),
+                                         "never from"),
+    "dashboard on all interfaces": (_start_command("head_start_ray_commands",
+                                                   lambda c: c.replace("127.0.0.1", "0.0.0.0")), "127.0.0.1 only"),
+    "dashboard host left to the default": (
+        _start_command("head_start_ray_commands", lambda c: c.replace(" --dashboard-host=127.0.0.1", "")),
+        "--dashboard-host=127.0.0.1 explicitly"),
+    "head without an instance profile": (_head_profile(None), "ray-autoscaler-v1"),
+    "head on ray-autoscaler-v1": (_head_profile({"Name": "ray-autoscaler-v1"}), "full access"),
+    "head sharing the workers' profile": (_same_profile_as_workers, "different instance profiles"),
     "cluster_name missing": (lambda c: c.pop("cluster_name"), "cluster_name"),
     "stopped nodes cached": (_set("provider.cache_stopped_nodes", True), "cache_stopped_nodes"),
 }

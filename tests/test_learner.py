@@ -246,9 +246,9 @@ def test_checkpoint_of_another_config_is_refused(tmp_path):
 
 
 def test_divergence_raises():
-    learner = ContinualLearner(config("optim.lr=1e6", "optim.epochs=3"))
-    with pytest.raises(TrainingDiverged, match="non-finite loss"):
-        learner.learn_task(0)
+    learner = ContinualLearner(config("optim.lr=100", "optim.lr_rule=fixed", "optim.epochs=3"))
+    with pytest.raises(TrainingDiverged, match="non-finite"):
+        learner.run()
 
 
 def test_deterministic_variant_and_per_image_context_run():
@@ -300,7 +300,8 @@ def test_cli_writes_consistent_parquet_and_resumes_after_a_failure(tmp_path, mon
 
 def test_cli_records_divergence_as_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "clapray.run", "--out", str(tmp_path),
-                           *sum((["--set", s] for s in [*TINY, "optim.lr=1e6", "optim.epochs=3"]), [])],
+                           *sum((["--set", s] for s in [*TINY, "optim.lr=100", "optim.lr_rule=fixed",
+                                                         "optim.epochs=3"]), [])],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and "non-finite loss" in proc.stderr
     runs = pd.read_parquet(tmp_path / "runs")

@@ -271,7 +271,7 @@ def test_dominant_colour_is_the_class_colour() -> None:
     Drawn at 96 px so that pattern edges (mixtures of shape and background colour) stay a minority.
     """
     colour_names = list(COLOURS)
-    for k, name in enumerate(all_shape_classes()):
+    for name in all_shape_classes():
         attrs = sample_attributes(0, "train", name, 0)
         style = "filled" if attrs.pattern == "plain" else "bordered"
         attrs = dataclasses.replace(attrs, style=style, size="large", extent=0.38, center=(0.5, 0.5),

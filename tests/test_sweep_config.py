@@ -201,7 +201,8 @@ def space(**entries: Any) -> dict[str, Any]:
 
 def test_distribution_bounds_checked_against_field_range(tmp_path):
     err = load_error(tmp_path, variant(**space(method__vga__depth={"int": [0, 4]})))
-    assert str(err) == f"{tmp_path / 'sweep.yaml'}: search.space.method.vga.depth: expected an integer >= 1, got 0"
+    assert str(err) == (f"{tmp_path / 'sweep.yaml'}: search.space.method.vga.depth: expected an integer >= 1 "
+                        "and <= 64, got 0")
 
 
 def test_float_distribution_on_int_field(tmp_path):
@@ -323,7 +324,8 @@ def test_grid_algorithm_with_cell_dependent_sizes(tmp_path):
 
 def test_negative_or_repeated_seeds(tmp_path):
     err = load_error(tmp_path, variant(seeds=[0, -1]))
-    assert_error(err, tmp_path / "sweep.yaml", "seeds", "distinct integers >= 0", "[0, -1]")
+    assert_error(err, tmp_path / "sweep.yaml", "seeds", "distinct integers in [0, 2147483647]", "[0, -1]")
+    assert_error(load_error(tmp_path, variant(seeds=[2**70])), tmp_path / "sweep.yaml", "seeds", "[0, 2147483647]")
     assert_error(load_error(tmp_path, variant(seeds=[1, 1])), tmp_path / "sweep.yaml", "seeds")
     assert_error(load_error(tmp_path, variant(seeds=[])), tmp_path / "sweep.yaml", "seeds")
 
@@ -382,7 +384,8 @@ def test_other_errors(tmp_path):
 def test_base_path_is_resolved_against_the_sweep_file(tmp_path, monkeypatch):
     (tmp_path / "runs").mkdir()
     run_yaml = tmp_path / "runs" / "mine.yaml"
-    run_yaml.write_text((ROOT / "clapray" / "configs" / "quickstart.yaml").read_text() + "optim:\n  epochs: 3\n")
+    quickstart = (ROOT / "clapray" / "configs" / "quickstart.yaml").read_text()
+    run_yaml.write_text(quickstart.replace("optim:\n  epochs: 1\n", "optim:\n  epochs: 3\n"))
     folder = tmp_path / "sweeps"
     folder.mkdir()
     path = write_sweep(folder, variant(base="../runs/mine.yaml"))

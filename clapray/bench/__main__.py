@@ -10,6 +10,7 @@ to build the command line, so keep module tops light and import heavy dependenci
     python -m clapray.bench cache                        # naive vs frozen-feature-cache trial, speed-up
     python -m clapray.bench ray                          # Ray Tune/Train overhead per trial
     python -m clapray.bench eval-noise                   # how much one model's Last moves with the MC draws
+    python -m clapray.bench yaml                         # cost of refusing hostile YAML vs yaml.safe_load
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ SUBCOMMANDS: dict[str, str] = {
     "cache": "clapray.bench.cache",
     "ray": "clapray.bench.ray_overhead",
     "eval-noise": "clapray.bench.eval_noise",
+    "yaml": "clapray.bench.hostile_yaml",
 }
 
 

@@ -8,7 +8,9 @@ Ray/Optuna; the transform helpers import torchvision when called.
 from clapray.data import chain, cifar, folders, shapes, shapes_cl  # noqa: F401  (registration side effects)
 from clapray.data.base import (
     Benchmark,
+    BenchmarkShape,
     LabeledImages,
+    benchmark_shape,
     build_benchmark,
     get_benchmark_builder,
     list_benchmarks,
@@ -17,15 +19,21 @@ from clapray.data.base import (
 from clapray.data.chain import chain_benchmarks
 from clapray.data.scenario import (
     ClassIncrementalScenario,
+    TaskSplitError,
     TaskSubset,
     build_scenario,
     class_order,
+    plan_tasks,
     task_sizes,
 )
 from clapray.data.transforms import HorizontalFlip, train_transform, view_transform
 
 __all__ = [
     "Benchmark",
+    "BenchmarkShape",
+    "TaskSplitError",
+    "benchmark_shape",
+    "plan_tasks",
     "ClassIncrementalScenario",
     "HorizontalFlip",
     "LabeledImages",

@@ -4,13 +4,16 @@ A *benchmark* is a labelled image collection with a train and a test split, clas
 templates the method uses for it (§12.3 of the method reference). Scenarios (class orders, tasks,
 validation splits) are built on top of any benchmark by :mod:`clapray.data.scenario`.
 
-Builders register themselves by name::
+Builders register themselves by name, with the *shape* of the benchmark (class count, default task count,
+dataset segments), which is known without the data on disk::
 
-    @register_benchmark("cifar100")
+    @register_benchmark("cifar100", shape=BenchmarkShape(num_classes=100, default_num_tasks=10))
     def build_cifar100(root: Path, **options) -> Benchmark: ...
 
-and are looked up with :func:`build_benchmark`. A test parametrised over :func:`list_benchmarks` covers
-every entry, so a new benchmark is tested as soon as it is registered.
+and are looked up with :func:`build_benchmark`; :func:`benchmark_shape` answers from the shape alone, so a
+config's task arithmetic is checked by ``--dry-run`` on a machine without the dataset. A test parametrised
+over :func:`list_benchmarks` covers every entry (and checks each shape against the built benchmark), so a
+new benchmark is tested as soon as it is registered.
 """
 
 from __future__ import annotations
@@ -84,20 +87,57 @@ class Benchmark:
         return h.hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class BenchmarkShape:
+    """What a benchmark's class-incremental split depends on, known without reading its data: the number of
+    classes, the default number of tasks and the label ranges of chained datasets (as :class:`Benchmark`),
+    and whether its images are generated rather than read from disk."""
+
+    num_classes: int
+    default_num_tasks: int
+    segments: tuple[tuple[int, int], ...] = field(default=())
+    generated: bool = False  # rendered on the fly: nothing has to be on disk
+
+    def __post_init__(self) -> None:
+        if not self.segments:
+            object.__setattr__(self, "segments", ((0, self.num_classes),))
+
+    @classmethod
+    def of(cls, benchmark: Benchmark) -> BenchmarkShape:
+        return cls(benchmark.num_classes, benchmark.default_num_tasks, benchmark.segments)
+
+
 BenchmarkBuilder = Callable[..., Benchmark]
+# A benchmark's shape: fixed, or computed from the builder's options (``shape(**options)``), raising the
+# builder's own UserError for options the builder would refuse.
+ShapeSource = BenchmarkShape | Callable[..., BenchmarkShape]
 _REGISTRY: dict[str, BenchmarkBuilder] = {}
+_SHAPES: dict[str, ShapeSource] = {}
 
 
-def register_benchmark(name: str) -> Callable[[BenchmarkBuilder], BenchmarkBuilder]:
-    """Register ``builder(root: Path, **options) -> Benchmark`` under ``name``."""
+def register_benchmark(name: str, *, shape: ShapeSource | None = None
+                       ) -> Callable[[BenchmarkBuilder], BenchmarkBuilder]:
+    """Register ``builder(root: Path, **options) -> Benchmark`` under ``name``, with its ``shape``."""
 
     def decorate(builder: BenchmarkBuilder) -> BenchmarkBuilder:
         if name in _REGISTRY and _REGISTRY[name] is not builder:
             raise ValueError(f"benchmark {name!r} is registered twice")
         _REGISTRY[name] = builder
+        if shape is not None:
+            _SHAPES[name] = shape
         return builder
 
     return decorate
+
+
+def benchmark_shape(name: str, **options) -> BenchmarkShape | None:
+    """The shape of benchmark ``name`` built with ``options``, without touching its data; ``None`` when its
+    builder registered no shape. Unknown names and options the builder refuses raise its UserError."""
+    get_benchmark_builder(name)
+    shape = _SHAPES.get(name)
+    if shape is None or isinstance(shape, BenchmarkShape):
+        return shape
+    return shape(**options)
 
 
 def list_benchmarks() -> list[str]:

@@ -18,7 +18,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from clapray.data.base import Benchmark, LabeledImages, build_benchmark, register_benchmark
+from clapray.data.base import (
+    Benchmark,
+    BenchmarkShape,
+    LabeledImages,
+    benchmark_shape,
+    build_benchmark,
+    register_benchmark,
+)
 from clapray.errors import UserError
 
 
@@ -122,7 +129,38 @@ def chain_benchmarks(benchmarks: Sequence[Benchmark], name: str | None = None) -
 CDCL_SEQUENCE = ("imagenet100", "cifar100")
 
 
-@register_benchmark("cdcl")
+def _checked_sequence(sequence: Sequence[str], dataset_options: Mapping[str, Mapping[str, Any]] | None
+                      ) -> tuple[tuple[str, ...], dict[str, Mapping[str, Any]]]:
+    sequence = tuple(sequence)
+    if "cdcl" in sequence:
+        raise UserError("cdcl: sequence cannot contain 'cdcl' itself")
+    if len(set(sequence)) != len(sequence):
+        raise UserError(f"cdcl: sequence lists a dataset twice: {list(sequence)}")
+    if len(sequence) < 2:
+        raise UserError(f"a dataset sequence needs at least two datasets, got {len(sequence)}")
+    options = dict(dataset_options or {})
+    unknown = sorted(set(options) - set(sequence))
+    if unknown:
+        raise UserError(f"cdcl: dataset_options for {unknown} which are not in sequence {list(sequence)}")
+    return sequence, options
+
+
+def _cdcl_shape(*, sequence: Sequence[str] = CDCL_SEQUENCE,
+                dataset_options: Mapping[str, Mapping[str, Any]] | None = None) -> BenchmarkShape | None:
+    """The chained shape, as :func:`chain_benchmarks` lays it out (``None`` if a part has no shape)."""
+    sequence, options = _checked_sequence(sequence, dataset_options)
+    parts = [benchmark_shape(name, **dict(options.get(name, {}))) for name in sequence]
+    if any(part is None for part in parts):
+        return None
+    segments, offset = [], 0
+    for part in parts:
+        segments += [(start + offset, end + offset) for start, end in part.segments]
+        offset += part.num_classes
+    return BenchmarkShape(num_classes=offset, default_num_tasks=sum(p.default_num_tasks for p in parts),
+                          segments=tuple(segments))
+
+
+@register_benchmark("cdcl", shape=_cdcl_shape)
 def build_cdcl(root: Path, *, sequence: Sequence[str] = CDCL_SEQUENCE,
                dataset_options: Mapping[str, Mapping[str, Any]] | None = None) -> Benchmark:
     """Cross-dataset continual learning: ImageNet100 then CIFAR-100 (20 tasks of 10) by default.
@@ -131,14 +169,6 @@ def build_cdcl(root: Path, *, sequence: Sequence[str] = CDCL_SEQUENCE,
     ambiguous about the order, reference §12.3); ``dataset_options`` passes builder options per dataset,
     e.g. ``{"cifar100": {"download": True}}``. All datasets are read from the same ``root``.
     """
-    sequence = tuple(sequence)
-    if "cdcl" in sequence:
-        raise UserError("cdcl: sequence cannot contain 'cdcl' itself")
-    if len(set(sequence)) != len(sequence):
-        raise UserError(f"cdcl: sequence lists a dataset twice: {list(sequence)}")
-    options = dict(dataset_options or {})
-    unknown = sorted(set(options) - set(sequence))
-    if unknown:
-        raise UserError(f"cdcl: dataset_options for {unknown} which are not in sequence {list(sequence)}")
+    sequence, options = _checked_sequence(sequence, dataset_options)
     parts = [build_benchmark(name, root, **dict(options.get(name, {}))) for name in sequence]
     return chain_benchmarks(parts, name="cdcl")

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from clapray.data.base import Benchmark, register_benchmark
+from clapray.data.base import Benchmark, BenchmarkShape, register_benchmark
 from clapray.data.templates import cifar_templates, class_names
 from clapray.errors import DatasetNotFoundError
 
@@ -30,11 +30,28 @@ def _how_to_get(root: Path) -> str:
     return f"set data.download: true on a connected machine or place {FOLDER}/ under {root}"
 
 
+class _ReleaseUnpickler(pickle.Unpickler):
+    """Builds only what the release's pickles hold (dicts, lists, bytes, ints and NumPy arrays), so a file
+    under ``data.root`` that would run code when unpickled is refused rather than executed."""
+
+    ALLOWED = frozenset({
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"), ("_codecs", "encode"),  # how Python 3 pickles bytes at protocol 2
+    })
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused global {module}.{name}")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path, root: Path) -> dict[Any, Any]:
-    """Load one pickle of the release; any unreadable or truncated file becomes a one-line user error."""
+    """Load one pickle of the release; any unreadable, truncated or tampered file becomes a one-line user
+    error."""
     try:
         with open(path, "rb") as f:
-            obj = pickle.load(f, encoding="bytes")
+            obj = _ReleaseUnpickler(f, encoding="bytes").load()
     except FileNotFoundError:
         raise DatasetNotFoundError(f"CIFAR-100 file missing: {path}; {_how_to_get(root)}") from None
     except Exception as err:  # truncated/corrupt pickles raise EOFError, UnpicklingError, ValueError, ...
@@ -153,7 +170,7 @@ def _download(root: Path) -> None:
         ) from None
 
 
-@register_benchmark("cifar100")
+@register_benchmark("cifar100", shape=BenchmarkShape(num_classes=100, default_num_tasks=10))
 def build_cifar100(root: Path, *, download: bool = False) -> Benchmark:
     """CIFAR-100, 10 tasks of 10 classes, 2000 exemplars in total (reference §10, §12.3).
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from clapray.data.base import Benchmark, check_class_names, register_benchmark
+from clapray.data.base import Benchmark, BenchmarkShape, check_class_names, register_benchmark
 from clapray.data.templates import (
     CUB_TEMPLATES,
     VTAB_TEMPLATES,
@@ -162,7 +162,7 @@ def _image_folder_splits(root: Path, folder: str, splits: tuple[str, str], expec
 # -------------------------------------------------------------------------------------- ImageNet100
 
 
-@register_benchmark("imagenet100")
+@register_benchmark("imagenet100", shape=BenchmarkShape(num_classes=100, default_num_tasks=10))
 def build_imagenet100(root: Path) -> Benchmark:
     """ImageNet-1k classes 0-99 (tench ... goose), 10 tasks, 20 exemplars per class, 80 templates."""
     root = Path(root)
@@ -238,7 +238,7 @@ def _strip_split_prefix(rel: str) -> str:
     return tail if sep and head in ("train", "test") else rel
 
 
-@register_benchmark("imagenet_r")
+@register_benchmark("imagenet_r", shape=BenchmarkShape(num_classes=IMAGENET_R_CLASSES, default_num_tasks=10))
 def build_imagenet_r(root: Path, *, train_list: str | Path | None = None,
                      test_list: str | Path | None = None) -> Benchmark:
     """ImageNet-R with the official fixed split (24,000 train / 6,000 test), 10 tasks of 20 classes.
@@ -283,7 +283,7 @@ def build_imagenet_r(root: Path, *, train_list: str | Path | None = None,
 # ------------------------------------------------------------------------------------------- CUB200
 
 
-@register_benchmark("cub200")
+@register_benchmark("cub200", shape=BenchmarkShape(num_classes=200, default_num_tasks=10))
 def build_cub200(root: Path) -> Benchmark:
     """CUB-200-2011 in ImageFolder layout, 10 tasks of 20 classes; names from ``labels.json["cub"]``.
 
@@ -315,7 +315,13 @@ def folder_class_name(folder: str) -> str:
     return _NUMBER_PREFIX.sub("", folder).replace("_", " ").strip()
 
 
-@register_benchmark("vtab")
+def _vtab_shape(*, class_names: Sequence[str] | None = None) -> BenchmarkShape:
+    if class_names is not None:
+        check_class_names(tuple(class_names), VTAB_CLASSES, "vtab class_names")
+    return BenchmarkShape(num_classes=VTAB_CLASSES, default_num_tasks=5)
+
+
+@register_benchmark("vtab", shape=_vtab_shape)
 def build_vtab(root: Path, *, class_names: Sequence[str] | None = None) -> Benchmark:
     """The VTAB 5x10 class-incremental set (Resisc45, DTD, Oxford-Pets, EuroSAT, Flowers; 10 classes each).
 

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from clapray.data.base import Benchmark, ClassOrderKind, LabeledImages
+from clapray.data.base import Benchmark, BenchmarkShape, ClassOrderKind, LabeledImages
 from clapray.errors import UserError
 
 ORDER_SEED_BASE = 1993  # the official code seeds its class-order shuffle with 1993 + run index
@@ -59,33 +59,72 @@ def _check_segments(segments: Sequence[tuple[int, int]], num_classes: int) -> No
         raise UserError(f"segments {list(segments)} must tile [0, {num_classes}) in order")
 
 
+class TaskSplitError(UserError):
+    """The requested tasks do not fit the benchmark's classes. ``option`` names the scenario option at fault
+    (``num_tasks``, ``classes_per_task`` or ``initial_classes``; the run config's ``data.<option>``),
+    ``expected`` what it must be and ``got`` its value, so a config check can name file and field."""
+
+    def __init__(self, option: str, expected: str, got: object):
+        self.option, self.expected, self.got = option, expected, got
+        super().__init__(f"{option}: expected {expected}, got {got}")
+
+
 def task_sizes(num_classes: int, *, num_tasks: int | None = None, classes_per_task: int | None = None,
                initial_classes: int | None = None) -> tuple[int, ...]:
     """Classes per task. All tasks are equal, except an optional larger/smaller first task
     (``initial_classes``, B50-style). Exactly one of ``num_tasks`` / ``classes_per_task`` may be omitted;
-    the rest must divide evenly, otherwise a :class:`UserError` lists the valid choices."""
+    the rest must divide evenly, otherwise a :class:`TaskSplitError` lists the valid choices."""
     first = 0 if initial_classes is None else int(initial_classes)
     if initial_classes is not None and not 0 < first < num_classes:
-        raise UserError(f"initial_classes must be in [1, {num_classes - 1}], got {initial_classes}")
-    rest = num_classes - first
-    later_tasks = None if num_tasks is None else num_tasks - (1 if first else 0)
-    if later_tasks is not None and later_tasks < 1:
-        raise UserError(f"num_tasks must be >= {2 if first else 1}, got {num_tasks}")
-    if classes_per_task is not None and classes_per_task < 1:
-        raise UserError(f"classes_per_task must be >= 1, got {classes_per_task}")
-    if later_tasks is None and classes_per_task is None:
+        raise TaskSplitError("initial_classes", f"an integer in [1, {num_classes - 1}] (fewer than the "
+                             f"benchmark's {num_classes} classes) or null", initial_classes)
+    if num_tasks is None and classes_per_task is None:
         raise UserError("give num_tasks or classes_per_task")
-    k = classes_per_task if classes_per_task is not None else rest // later_tasks  # type: ignore[operator]
-    if later_tasks is None:
-        later_tasks = rest // k
+    rest = num_classes - first
+    extra = 1 if first else 0  # the first task, when it has its own size
+    what = f"{rest} classes" + (f" after the first task's {first}" if first else "")
     divisors = [d for d in range(1, rest + 1) if rest % d == 0]
-    if k * later_tasks != rest or k == 0:
-        what = f"{rest} classes" + (f" after the first task's {first}" if first else "")
-        raise UserError(
-            f"tasks must split the {what} evenly: got num_tasks={num_tasks}, "
-            f"classes_per_task={classes_per_task}; valid classes_per_task: {divisors}"
-        )
-    return ((first,) if first else ()) + (k,) * later_tasks
+    valid = f"valid classes_per_task: {divisors}, i.e. num_tasks: {[rest // d + extra for d in divisors]}"
+    if classes_per_task is not None:
+        if classes_per_task < 1:
+            raise TaskSplitError("classes_per_task", "an integer >= 1 or null", classes_per_task)
+        if rest % classes_per_task:
+            raise TaskSplitError("classes_per_task", f"a divisor of the {what}; {valid}", classes_per_task)
+        later = rest // classes_per_task
+        if num_tasks is not None and num_tasks != later + extra:
+            raise TaskSplitError("num_tasks", f"{later + extra} (the {what} in tasks of {classes_per_task}) or "
+                                 "null", num_tasks)
+    else:
+        later = num_tasks - extra  # type: ignore[operator]
+        if later < 1:
+            raise TaskSplitError("num_tasks", f"an integer >= {1 + extra}", num_tasks)
+        if later > rest:
+            raise TaskSplitError("num_tasks", f"at most {rest + extra} (one class per task; the benchmark has "
+                                 f"{num_classes} classes)", num_tasks)
+        if rest % later:
+            raise TaskSplitError("num_tasks", f"a task count that splits the {what} evenly; {valid}", num_tasks)
+        classes_per_task = rest // later
+    return ((first,) if first else ()) + (classes_per_task,) * later
+
+
+def plan_tasks(shape: BenchmarkShape, *, num_tasks: int | None = None, classes_per_task: int | None = None,
+               initial_classes: int | None = None) -> tuple[int, ...]:
+    """The task sizes of a scenario over a benchmark of ``shape``: :func:`task_sizes` with the benchmark's
+    default task count, and no task crossing the boundary of a chained dataset. Needs no data, so the
+    config checks (``--dry-run``) and :func:`build_scenario` share it."""
+    if num_tasks is None and classes_per_task is None:
+        num_tasks = shape.default_num_tasks
+    sizes = task_sizes(shape.num_classes, num_tasks=num_tasks, classes_per_task=classes_per_task,
+                       initial_classes=initial_classes)
+    boundaries = set(np.cumsum((0,) + sizes).tolist())
+    for start, end in shape.segments:
+        if start not in boundaries or end not in boundaries:
+            option, value = ("classes_per_task", classes_per_task) if classes_per_task is not None else (
+                "num_tasks", num_tasks)
+            raise TaskSplitError(option, f"tasks that do not cross a dataset boundary (tasks {list(sizes)} cross "
+                                 f"segment [{start}, {end})); choose a task size that divides every dataset's "
+                                 "class count", value)
+    return sizes
 
 
 def _stratified_val_mask(targets: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -258,17 +297,8 @@ def build_scenario(benchmark: Benchmark, *, num_tasks: int | None = None,
     hyper-parameter searches that must not see the test set.
     """
     n = benchmark.num_classes
-    if num_tasks is None and classes_per_task is None:
-        num_tasks = benchmark.default_num_tasks
-    sizes = task_sizes(n, num_tasks=num_tasks, classes_per_task=classes_per_task,
+    sizes = plan_tasks(BenchmarkShape.of(benchmark), num_tasks=num_tasks, classes_per_task=classes_per_task,
                        initial_classes=initial_classes)
-    boundaries = set(np.cumsum((0,) + sizes).tolist())
-    for start, end in benchmark.segments:
-        if start not in boundaries or end not in boundaries:
-            raise UserError(
-                f"{benchmark.name}: tasks {list(sizes)} cross a dataset boundary (segment [{start}, {end})); "
-                "choose a task size that divides every dataset's class count"
-            )
     if not 0.0 <= val_fraction < 1.0:
         raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if evaluate_on not in ("test", "val"):

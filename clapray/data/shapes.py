@@ -24,15 +24,15 @@ import json
 import math
 import os
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw
 
-from clapray.data.base import Benchmark, register_benchmark
+from clapray.data.base import Benchmark, BenchmarkShape, register_benchmark
 from clapray.errors import ConfigError, UserError
 
 # Bump whenever drawing or sampling changes what any image looks like: it is part of every fingerprint
@@ -349,7 +349,7 @@ _PATTERN_PERIOD = 32  # pixels per pattern repeat in the pattern source images
 _PATTERN_SOURCE = 512  # side of the pattern source images; mapped shapes stay well inside it
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pattern_source(pattern: str) -> Image.Image:
     """A large axis-aligned pattern (255 = class colour) that affine transforms place on a shape."""
     u = (np.arange(_PATTERN_SOURCE) % _PATTERN_PERIOD + 0.5) / _PATTERN_PERIOD  # position in a repeat
@@ -671,7 +671,25 @@ def _resolve_classes(num_classes: int | None, classes: Sequence[str] | None) -> 
     return names
 
 
-@register_benchmark("shapes")
+def checked_shapes_options(num_classes: int | None = None, train_per_class: int = 100, test_per_class: int = 20,
+                           image_size: int = 64, seed: int = 0, cache: bool = False,
+                           classes: Sequence[str] | None = None) -> tuple[tuple[str, ...], int, int, int, int]:
+    """(class names, train and test images per class, image size, seed) after the builder's checks."""
+    names = _resolve_classes(num_classes, classes)
+    train_n = _check_int("train_per_class", train_per_class, 1)
+    test_n = _check_int("test_per_class", test_per_class, 1)
+    size = _check_int("image_size", image_size, _MIN_IMAGE_SIZE, _MAX_IMAGE_SIZE)
+    seed = _check_int("seed", seed, 0)
+    if not isinstance(cache, bool):
+        raise ConfigError("shapes", "cache", "true or false", cache)
+    return names, train_n, test_n, size, seed
+
+
+def _shapes_shape(**options) -> BenchmarkShape:
+    return BenchmarkShape(num_classes=len(checked_shapes_options(**options)[0]), default_num_tasks=10, generated=True)
+
+
+@register_benchmark("shapes", shape=_shapes_shape)
 def build_shapes(
     root: Path,
     *,
@@ -691,13 +709,8 @@ def build_shapes(
     building renders nothing; with it, each split is rendered once into
     ``root/shapes/<fingerprint>/images.npy`` (reused while valid) and memory-mapped.
     """
-    names = _resolve_classes(num_classes, classes)
-    train_n = _check_int("train_per_class", train_per_class, 1)
-    test_n = _check_int("test_per_class", test_per_class, 1)
-    size = _check_int("image_size", image_size, _MIN_IMAGE_SIZE, _MAX_IMAGE_SIZE)
-    seed = _check_int("seed", seed, 0)
-    if not isinstance(cache, bool):
-        raise ConfigError("shapes", "cache", "true or false", cache)
+    names, train_n, test_n, size, seed = checked_shapes_options(num_classes, train_per_class, test_per_class,
+                                                                image_size, seed, cache, classes)
     cache_root = Path(root) if cache else None
     train = ShapesSplit(names, "train", per_class=train_n, image_size=size, seed=seed, cache_root=cache_root)
     test = ShapesSplit(names, "test", per_class=test_n, image_size=size, seed=seed, cache_root=cache_root)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from clapray.data.base import Benchmark, register_benchmark
-from clapray.data.shapes import COLOURS, SHAPES, all_shape_classes, build_shapes
+from clapray.data.base import Benchmark, BenchmarkShape, register_benchmark
+from clapray.data.shapes import COLOURS, SHAPES, all_shape_classes, build_shapes, checked_shapes_options
 from clapray.errors import ConfigError
 
 DEFAULT_NUM_CLASSES = 50
@@ -41,7 +41,20 @@ CONTINUAL_CLASSES, PRETRAIN_CLASSES = split_classes()
 """Names of the continual-learning classes (60) and the pretraining classes (84), canonical order."""
 
 
-@register_benchmark("shapes_cl")
+def _check_num_classes(num_classes: object) -> int:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 2 <= num_classes <= len(
+            CONTINUAL_CLASSES):
+        raise ConfigError("shapes_cl", "num_classes", f"an integer in [2, {len(CONTINUAL_CLASSES)}] (the classes "
+                          "held out from pretraining)", num_classes)
+    return num_classes
+
+
+def _shapes_cl_shape(*, num_classes: int = DEFAULT_NUM_CLASSES, **options) -> BenchmarkShape:
+    checked_shapes_options(classes=CONTINUAL_CLASSES[:_check_num_classes(num_classes)], **options)
+    return BenchmarkShape(num_classes=num_classes, default_num_tasks=10, generated=True)
+
+
+@register_benchmark("shapes_cl", shape=_shapes_cl_shape)
 def build_shapes_cl(
     root: Path,
     *,
@@ -53,10 +66,7 @@ def build_shapes_cl(
     cache: bool = False,
 ) -> Benchmark:
     """The first ``num_classes`` (at most 60) held-out classes as a ``shapes`` benchmark."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 2 <= num_classes <= len(
-            CONTINUAL_CLASSES):
-        raise ConfigError("shapes_cl", "num_classes", f"an integer in [2, {len(CONTINUAL_CLASSES)}] (the classes "
-                          "held out from pretraining)", num_classes)
-    bench = build_shapes(root, classes=CONTINUAL_CLASSES[:num_classes], train_per_class=train_per_class,
+    classes = CONTINUAL_CLASSES[:_check_num_classes(num_classes)]
+    bench = build_shapes(root, classes=classes, train_per_class=train_per_class,
                          test_per_class=test_per_class, image_size=image_size, seed=seed, cache=cache)
     return dataclasses.replace(bench, name="shapes_cl")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import hashlib
 import json
 import logging
@@ -38,14 +37,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clapray.errors import UserError, WeightsUnavailableError
+from clapray.model.catalog import CONFIG_DIR, check_checkpoint_file, resolve_model_name
 
 logger = logging.getLogger(__name__)
 
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 """Supported values of ``precision``: fp32; bf16 autocast (CPU or CUDA); fp16 half towers (CUDA)."""
 
-CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
-"""Directory of the bundled open_clip model configs (``clapray-*.json``)."""
 
 # Suffixes that make a ``pretrained`` value look like a file rather than a tag, so a typo in a path
 # is reported as a missing file instead of an unknown tag.
@@ -250,7 +248,7 @@ def load_backbone(
         WeightsUnavailableError: the tag's weights are not cached and cannot be downloaded.
     """
     register_model_configs()
-    name = _resolve_model_name(model_name)
+    name = resolve_model_name(model_name)
     dev = _resolve_device(device)
     _check_precision(precision, dev)
     cache = os.path.abspath(os.path.expanduser(os.fspath(cache_dir))) if cache_dir is not None else None
@@ -278,7 +276,7 @@ def load_backbone(
             source = pretrained
             weights = {"kind": "tag", "tag": pretrained}
         else:
-            path = _resolve_checkpoint_path(name, pretrained)
+            path = resolve_checkpoint_path(name, pretrained)
             if _is_torchscript_archive(path):
                 # OpenAI's original releases (ViT-B-16.pt, used by the official code) are TorchScript
                 # archives; torch.load refuses them under weights_only=True but dispatches them to
@@ -343,37 +341,6 @@ def load_backbone(
 # --------------------------------------------------------------------------------------------------
 
 
-def _resolve_model_name(model_name: str) -> str:
-    """Normalise and validate a model name; unknown names get close matches in the error."""
-    if not isinstance(model_name, str) or not model_name:
-        raise UserError(f"backbone model name must be a non-empty string, got {model_name!r}")
-    if model_name.startswith(("hf-hub:", "local-dir:")):
-        raise UserError(
-            f"model name {model_name!r}: 'hf-hub:'/'local-dir:' names are not supported; use an "
-            "open_clip config name with pretrained=<tag or checkpoint file>"
-        )
-    name = model_name.replace("/", "-")  # OpenAI spelling "ViT-B/16" -> open_clip "ViT-B-16"
-    known = open_clip.list_models()
-    if name not in known:
-        by_lower = {k.lower(): k for k in known}
-        close = difflib.get_close_matches(name.lower(), list(by_lower), n=5, cutoff=0.6)
-        hint = ", ".join(by_lower[c] for c in close) if close else "none"
-        raise UserError(
-            f"unknown backbone model {model_name!r}; close matches: {hint} "
-            f"(open_clip.list_models() has all {len(known)} names)"
-        )
-    config = open_clip.get_model_config(name) or {}
-    text_cfg = config.get("text_cfg", {})
-    if config.get("custom_text") or "hf_model_name" in text_cfg or "multimodal_cfg" in config:
-        # Prompt-learning variants need the standard text tower (token_embedding, transformer, ...),
-        # which open_clip only builds in its CLIP class.
-        raise UserError(
-            f"backbone model {name!r} builds open_clip's CustomTextCLIP/CoCa; clapray needs the "
-            "standard CLIP text tower (e.g. ViT-B-16, ViT-L-14)"
-        )
-    return name
-
-
 def _resolve_device(device: str | torch.device) -> torch.device:
     try:
         dev = torch.device(device)
@@ -394,10 +361,12 @@ def _check_precision(precision: str, device: torch.device) -> None:
         )
 
 
-def _resolve_checkpoint_path(model_name: str, pretrained: str) -> Path:
-    """Treat ``pretrained`` (not a known tag) as a file; raise the right one-line error otherwise."""
+def resolve_checkpoint_path(model_name: str, pretrained: str) -> Path:
+    """Treat ``pretrained`` (not a known tag) as a file; raise the right one-line error otherwise (a missing
+    file, or one that is not a checkpoint, told apart by its first bytes before anything is loaded)."""
     path = Path(os.path.expanduser(pretrained)).absolute()
     if path.is_file():
+        check_checkpoint_file(path)
         return path
     if path.exists():
         raise UserError(f"pretrained checkpoint {path} is not a file")

@@ -15,16 +15,19 @@ import argparse
 import sys
 from dataclasses import replace
 
-from clapray.errors import exit_on_user_error
+from clapray.errors import ConfigError, UserError, exit_on_user_error
 from clapray.sweep.describe import describe
 from clapray.sweep.loader import load_sweep_config, resolve_sweep_argument
+from clapray.sweep.model import SweepOptions
+from clapray.sweep.preflight import check_resources, check_sweep
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m clapray.sweep",
                                      description="A Ray Tune + Optuna + Ray Train sweep of CLAP4CLIP runs.")
     parser.add_argument("sweep", nargs="?", help="sweep YAML, or the name of a shipped sweep (default quickstart)")
-    parser.add_argument("--dry-run", action="store_true", help="print cells, space and trial count; start nothing")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check everything a run would, print cells, space and trial count; start nothing")
     parser.add_argument("--address", help="Ray cluster to connect to ('auto' on a cluster head); default: local")
     parser.add_argument("--storage", help="override the YAML's storage (local path or s3://bucket/prefix)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
@@ -35,12 +38,37 @@ def build_parser() -> argparse.ArgumentParser:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    sweep = load_sweep_config(resolve_sweep_argument(args.sweep), args.overrides)
-    if args.storage:
+    path = resolve_sweep_argument(args.sweep)
+    sweep = load_sweep_config(path, args.overrides)
+    storage_label = f"{path}: storage"
+    if args.storage is not None:
+        storage_label = "--storage"
+        try:  # the YAML's storage rules, for the flag too
+            SweepOptions(name=sweep.name, seeds=sweep.seeds, retries=sweep.retries, storage=args.storage)
+        except ConfigError as err:
+            raise UserError(f"--storage: expected {err.expected}, got {err.got_text}") from None
         sweep = replace(sweep, storage=args.storage)
+    # Everything checked before anything is written or started; --dry-run stops right after (printing the
+    # plan before the resources check, so a sweep meant for a cluster still shows what it would run).
+    check_sweep(sweep, address=args.address, storage_label=storage_label, dry_run=args.dry_run)
     if args.dry_run:
-        print(describe(sweep))
+        print(describe(sweep), flush=True)
+        if args.address is None:
+            # Without --address the target is unknown to a dry run (a GPU sweep is planned on a laptop and run
+            # on a cluster): say whether this machine could run it; the real run refuses when it cannot.
+            try:
+                placement = check_resources(sweep, address=None)
+            except UserError as err:
+                print(f"note: not runnable on this machine: {err}; a real run here exits 2 "
+                      "(check a cluster with --dry-run --address HOST:PORT)")
+                return 0
+        else:
+            placement = check_resources(sweep, address=args.address)
+        if placement.note:
+            print(placement.note)
         return 0
+    if args.address is None:
+        check_resources(sweep, address=None)  # before a local Ray starts; a cluster is checked once connected
     from clapray.sweep.driver import run_sweep
 
     grid = run_sweep(sweep, address=args.address)

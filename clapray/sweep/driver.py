@@ -23,8 +23,8 @@ def sweep_root(sweep: SweepConfig) -> str:
 
 
 def cell_task_counts(sweep: SweepConfig) -> dict[str, int]:
-    """Tasks of every cell's scenario (cells may differ, e.g. VTAB has 5)."""
-    from clapray.builders import build_scenario_from_config
+    """Tasks of every cell's scenario (cells may differ, e.g. VTAB has 5), from the benchmarks' shapes."""
+    from clapray.validation import task_count
 
     counts = {}
     for cell in sweep.cells():
@@ -33,7 +33,7 @@ def cell_task_counts(sweep: SweepConfig) -> dict[str, int]:
         for name, dist in sweep.active_space(cell).items():
             if sweep.is_active(name, cell, sampled):
                 sampled[name] = dist.choices[0] if dist.kind == "choice" else dist.low
-        counts[cell.name] = build_scenario_from_config(sweep.run_config_for(cell, sampled, sweep.seeds[0])).num_tasks
+        counts[cell.name] = task_count(sweep.run_config_for(cell, sampled, sweep.seeds[0]))
     return counts
 
 
@@ -134,6 +134,8 @@ def _run_tuner(sweep: SweepConfig, root: str, num_tasks: dict[str, int], *, addr
     import ray.tune
 
     from clapray.sweep.callbacks import ProgressPrinter, StoreStatusCallback
+    from clapray.sweep.cluster import cluster_nodes, connect, plan_trials, start_local_ray
+    from clapray.sweep.preflight import footprint
     from clapray.sweep.recovery import reconcile, trials_from_experiment
     from clapray.sweep.search import CellSearch, PerCellASHA
     from clapray.sweep.studies import StudyJournal
@@ -150,15 +152,16 @@ def _run_tuner(sweep: SweepConfig, root: str, num_tasks: dict[str, int], *, addr
     if repaired.line():
         print(repaired.line(), file=out, flush=True)
     if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            # A local Ray: the trial drivers use a logical resource so they never compete with the Train
-            # workers for this machine's CPUs; on a cluster the head node advertises it (cluster/aws.yaml).
-            ray.init(resources={"train_driver": 1000}, log_to_driver=False, include_dashboard=None)
+        # A private Ray on 127.0.0.1 (its trial drivers on a logical resource, so they never compete with the
+        # Train workers for CPUs), or the cluster at --address, which fails within a minute when unusable.
+        connect(address) if address else start_local_ray()
+    placement = plan_trials(footprint(sweep), cluster_nodes(), max_concurrent_trials=res.max_concurrent_trials,
+                            where=f"the cluster at {address}" if address else "this machine")
+    if placement.note:
+        print(placement.note, file=out, flush=True)
     feature_refs = _share_features(sweep, spec.feature_store, out)
     trainable = ray.tune.with_resources(ray.tune.with_parameters(trial_driver, feature_refs=feature_refs),
-                                        {"cpu": 0, "train_driver": 1})
+                                        dict(placement.driver_resources))
     callbacks = [ProgressPrinter(sweep, num_tasks, out=out), StoreStatusCallback(spec, num_tasks)]
     tune_run_config = ray.tune.RunConfig(
         name=sweep.name, storage_path=sweep.storage_path(), verbose=0, callbacks=callbacks,
@@ -174,7 +177,7 @@ def _run_tuner(sweep: SweepConfig, root: str, num_tasks: dict[str, int], *, addr
             param_space={"trainer": spec},
             tune_config=ray.tune.TuneConfig(
                 search_alg=CellSearch(sweep, num_tasks=num_tasks, journal=StudyJournal(root)), scheduler=scheduler,
-                num_samples=sweep.trial_count(), max_concurrent_trials=res.max_concurrent_trials,
+                num_samples=sweep.trial_count(), max_concurrent_trials=placement.max_concurrent_trials,
                 metric=sweep.search.metric, mode=sweep.search.mode),
             run_config=tune_run_config)
     start = time.perf_counter()

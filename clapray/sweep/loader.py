@@ -27,18 +27,15 @@ the resources of one trial and where results go::
 Loading validates everything a trial would otherwise find out hours later: every dotted field is a
 run-config leaf, every grid value, preset and distribution bound is accepted by the run config (checked
 by building run configs, so the rules live in one place, :mod:`clapray.config`), every cell is a valid
-run config, conditions refer to grid axes or other parameters (without cycles), and the trial budget
-adds up. The first
-problem raises a one-line :class:`~clapray.errors.ConfigError`::
+run config that :func:`clapray.validation.check_run` accepts (:mod:`clapray.sweep.runs_check`), conditions
+refer to grid axes or other parameters (without cycles), and the trial budget adds up. The first problem
+raises a one-line :class:`~clapray.errors.ConfigError`::
 
     sweeps/x.yaml: search.space.method.vga.depth: expected an integer >= 1, got 0
 
-This module is pure Python and YAML (no torch, Ray or Optuna): the sweep driver turns
-:class:`Distribution` objects into Optuna ``suggest_*`` calls, and tests import it cheaply.
-
-Order in which a trial's run config is assembled (later wins): base, ``set``, the cell's setting
-preset, the cell's grid values, the sampled values that are active, ``same_as`` copies, then
-``seeds.init`` and ``name``.
+Pure Python and YAML (no torch, Ray or Optuna). Order in which a trial's run config is assembled (later
+wins): base, ``set``, the setting preset, the grid values, the active sampled values, ``same_as`` copies,
+then ``seeds.init`` and ``name``.
 """
 
 from __future__ import annotations
@@ -74,6 +71,7 @@ from clapray.sweep.model import (
     SweepConfig,
     SweepOptions,
 )
+from clapray.sweep.runs_check import check_sweep_runs
 from clapray.sweep.space import DISTRIBUTION_KINDS, DISTRIBUTION_OPTIONS, SearchSpaceLoading
 from clapray.typed_config import from_mapping, load_yaml_mapping, parse_override
 
@@ -160,6 +158,7 @@ class SweepLoader(SearchSpaceLoading):
                             search=search, seeds=options.seeds, scheduler=scheduler, resources=resources,
                             retries=options.retries, storage=options.storage, cell_list=tuple(cells))
         self.check_budget(sweep)
+        check_sweep_runs(sweep)  # every cell and sampled value against the registries, as a single run
         return sweep
 
     def load_base(self, value: Any) -> tuple[RunConfig, str]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from clapray.config import RunConfig
+from clapray.config import MAX_SEED, RunConfig
 from clapray.errors import ConfigError
 from clapray.sweep.fields import (
     apply_assignments,
@@ -52,7 +52,8 @@ BUILTIN_SETTINGS: Mapping[str, Mapping[str, Any]] = types.MappingProxyType({
 # The name of the single cell of a sweep without grid axes.
 DEFAULT_CELL_NAME = "base"
 
-SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
+MAX_SEEDS = 1000
 S3_URI = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?\Z")
 
 
@@ -185,14 +186,16 @@ class SearchConfig(TypedConfig):
     algorithm: Literal["tpe", "random", "grid", "gp", "cmaes"] = config_field(
         "tpe", doc="Optuna sampler: tpe, random, grid (every combination of a finite space), gp (Gaussian "
         "process, for small budgets) or cmaes (CMA-ES; choice parameters are sampled at random)")
-    seed: int = config_field(0, doc="seed of the sampler", ge=0)
+    # The sampler of cell i is seeded seed * 1000 + i, which NumPy's RandomState (inside Optuna) takes below 2**32.
+    seed: int = config_field(0, doc="seed of the sampler (at most 4194303: cell i's sampler is seeded "
+                             "seed x 1000 + i, below 2^32)", ge=0, le=2**22 - 1)
     metric: str = config_field("avg_acc", doc="reported metric the searcher and the scheduler optimise",
                          choices=REPORTED_METRICS)
     mode: Literal["max", "min"] | None = config_field(
         None, doc="max or min; null = the metric's own direction (max for accuracies and bwt, min for ece)")
     trials_per_cell: int | None = config_field(
         None, doc="sampled configurations per cell, each run once per seed; null = the grid size with "
-        "algorithm grid, or 1 when nothing is sampled", ge=1)
+        "algorithm grid, or 1 when nothing is sampled", ge=1, le=100_000)
     space: tuple[Param, ...] = config_field(factory=tuple, doc="the sampled parameters in sampling order: file "
                                       "order, each after the parameters its `when` names")
     same_as: tuple[SameAs, ...] = config_field(factory=tuple, doc="fields copied from another field, in order")
@@ -235,11 +238,12 @@ class AshaConfig(TypedConfig):
 class ResourcesConfig(TypedConfig):
     """What one trial occupies: a Ray Train worker group."""
 
-    workers_per_trial: int = config_field(1, doc="Ray Train workers (DDP ranks) per trial", ge=1)
-    gpus_per_worker: float = config_field(0.0, doc="GPUs per worker (fractions share a GPU); 0 = CPU only", ge=0.0)
-    cpus_per_worker: int = config_field(1, doc="CPUs per worker (data loading threads)", ge=1)
+    workers_per_trial: int = config_field(1, doc="Ray Train workers (DDP ranks) per trial", ge=1, le=1024)
+    gpus_per_worker: float = config_field(0.0, doc="GPUs per worker (fractions share a GPU); 0 = CPU only", ge=0.0,
+                                          le=64.0)
+    cpus_per_worker: int = config_field(1, doc="CPUs per worker (data loading threads)", ge=1, le=1024)
     max_concurrent_trials: int | None = config_field(None, doc="cap on trials running at once; null = as many as "
-                                               "the cluster's resources allow", ge=1)
+                                               "the cluster's resources allow", ge=1, le=100_000)
 
 
 @dataclass(frozen=True)
@@ -249,17 +253,18 @@ class SweepOptions(TypedConfig):
     name: str = config_field("sweep", doc="sweep name: a directory name under storage")
     seeds: tuple[int, ...] = config_field(factory=lambda: (0,), doc="init seeds (seeds.init) every configuration "
                                     "runs with; the class order stays the base's seeds.class_order")
-    retries: int = config_field(2, doc="times a failed trial is resumed from its last finished task", ge=0)
+    retries: int = config_field(2, doc="times a failed trial is resumed from its last finished task", ge=0, le=100)
     storage: str = config_field("results", doc="results and checkpoints: a local path (relative to the working "
                           "directory) or s3://bucket/prefix")
 
     def check(self) -> None:
         if not SAFE_NAME.match(self.name):
-            raise ConfigError(type(self).__name__, "name", "a directory name of letters, digits, '.', '_' "
-                              "and '-', not starting with '.', '_' or '-'", self.name)
-        if not self.seeds or any(s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError(type(self).__name__, "seeds", "a non-empty list of distinct integers >= 0",
-                              list(self.seeds))
+            raise ConfigError(type(self).__name__, "name", "a directory name of at most 100 letters, digits, '.', "
+                              "'_' and '-', not starting with '.', '_' or '-'", self.name)
+        if (not self.seeds or len(self.seeds) > MAX_SEEDS or any(not 0 <= s <= MAX_SEED for s in self.seeds)
+                or len(set(self.seeds)) != len(self.seeds)):
+            raise ConfigError(type(self).__name__, "seeds", f"a non-empty list of at most {MAX_SEEDS} distinct "
+                              f"integers in [0, {MAX_SEED}]", list(self.seeds))
         if not self.storage.strip() or ("://" in self.storage and not S3_URI.match(self.storage)):
             raise ConfigError(type(self).__name__, "storage", "a local path or s3://bucket/prefix", self.storage)
 

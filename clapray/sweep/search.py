@@ -192,6 +192,8 @@ class CellSearch(Searcher):
         self.journal.sync()
 
     def save(self, checkpoint_path: str) -> None:
+        # A pickle, like the rest of Ray Tune's experiment state beside it (tuner.pkl, params.pkl), which Tune
+        # unpickles itself on resume: a sweep's storage is trusted as much as that (README "What is trusted").
         state = {k: v for k, v in self.__dict__.items() if k != "_studies"}
         with open(checkpoint_path, "wb") as fh:
             pickle.dump(state, fh)

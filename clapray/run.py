@@ -56,10 +56,13 @@ def execute(cfg: RunConfig, *, out=None) -> list[TaskResult]:
     start = time.perf_counter()
 
     from clapray.learner import ContinualLearner
+    from clapray.progress import ConsoleSink, Throttled
 
     # Every variant, the zero-shot reference row included, runs through the learner (which builds no head
     # for a variant that learns nothing); its features land in the store's cache, shared by later runs.
     learner = ContinualLearner(cfg, feature_store=str(store / "feature_cache"))
+    # A heartbeat inside long tasks (step i/n of train, consolidate, evaluate), every $CLAPRAY_HEARTBEAT_S s.
+    learner.progress = Throttled(ConsoleSink(out), learner.num_tasks)
     if checkpoint.exists():
         learner.load(checkpoint)
     writer = RunWriter(store, rid, cfg, provenance=learner.provenance())

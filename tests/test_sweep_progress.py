@@ -105,8 +105,10 @@ def test_filtered_stream_drops_only_the_noise():
     assert target.getvalue() == "setting=standard  t1  task 1/3\nWARNING: a real warning\npartial"
 
 
-def test_quiet_console_filters_ray_and_optuna_start_up_lines_and_restores_everything(capsys):
+def test_quiet_console_filters_ray_and_optuna_start_up_lines_and_restores_everything(capsys, monkeypatch):
     import optuna
+
+    monkeypatch.delenv("TUNE_PRINT_ALL_TRIAL_ERRORS", raising=False)
 
     verbosity = optuna.logging.get_verbosity()
     token = logging.getLogger("ray._private.authentication.authentication_token_setup")
@@ -123,6 +125,8 @@ def test_quiet_console_filters_ray_and_optuna_start_up_lines_and_restores_everyt
             token.error("token file unreadable")  # errors still pass
             logging.getLogger("ray._private.worker").info("Started a local Ray instance.")
             logging.getLogger("ray._private.worker").warning("a real Ray warning")
+            logging.getLogger("ray.tune.tune").error("Trials did not complete: [trial_1]")
+            assert __import__("os").environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] == "0"
             optuna.logging.get_logger("optuna.storages").info("A new study created in Journal with name: s/c")
             print("(raylet) WARNING: 12 PYTHON worker processes have been started on node: n, which is 6x the "
                   "maximum expected startup concurrency (2).")
@@ -135,8 +139,10 @@ def test_quiet_console_filters_ray_and_optuna_start_up_lines_and_restores_everyt
     assert "kept line" in captured.out and "PYTHON worker processes" not in captured.out
     assert "token file unreadable" in captured.err and "Token authentication is enabled" not in captured.err
     assert "a real Ray warning" in captured.err and "Started a local Ray instance" not in captured.err
+    assert "Trials did not complete" not in captured.err
     assert "A new study created" not in captured.err + captured.out
     assert optuna.logging.get_verbosity() == verbosity and not token.filters
+    assert "TUNE_PRINT_ALL_TRIAL_ERRORS" not in __import__("os").environ
 
 
 def test_verbose_changes_nothing(capsys):

@@ -7,7 +7,9 @@ and Optuna add lines that tell a researcher nothing actionable:
   lines (``Started a local Ray instance``, Tune's ``Wrote the latest version of all result files``);
 * the raylet's ``N PYTHON worker processes have been started ... maximum expected startup concurrency``
   warnings, printed straight to stdout by Ray's error listener whenever a sweep starts its workers;
-* Optuna's ``A new study created in ...`` / ``Using an existing study ...`` INFO lines, one per cell.
+* Optuna's ``A new study created in ...`` / ``Using an existing study ...`` INFO lines, one per cell;
+* Ray Tune's whole traceback of every failed trial (the sweep prints the reason and names Tune's
+  ``error.txt``, which holds it) and its closing "Trials did not complete" list.
 
 :func:`quiet_console` drops those records from their loggers and those lines from stdout and stderr by
 pattern (the raylet's arrive as text, not log records); every other line, warnings and errors included,
@@ -20,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import re
 import sys
 from collections.abc import Iterator, Sequence
@@ -32,25 +35,30 @@ NOISE_LINES: tuple[re.Pattern[str], ...] = (
     re.compile(r"Started a local Ray instance"),
     re.compile(r"Wrote the latest version of all result files and experiment state"),
 )
-# Loggers whose records below a level are dropped: (name, lowest level kept). A filter on the logger, not
-# its level: ray.init reconfigures logging (dictConfig), which resets the levels of Ray's loggers but keeps
-# their filters. A logger's filter sees only the records logged to that logger itself.
-QUIET_LOGGERS: tuple[tuple[str, int], ...] = (
-    ("ray._private.authentication.authentication_token_setup", logging.ERROR),
-    ("ray._private.worker", logging.WARNING),
-    ("ray.tune.tune", logging.WARNING),
+# Loggers whose records below a level, or starting with one of some texts, are dropped: (name, lowest level
+# kept, texts). A filter on the logger, not its level: ray.init reconfigures logging (dictConfig), which
+# resets the levels of Ray's loggers but keeps their filters. A logger's filter sees only the records logged
+# to that logger itself. "Trials did not complete" repeats the sweep's own summary line.
+QUIET_LOGGERS: tuple[tuple[str, int, tuple[str, ...]], ...] = (
+    ("ray._private.authentication.authentication_token_setup", logging.ERROR, ()),
+    ("ray._private.worker", logging.WARNING, ()),
+    ("ray.tune.tune", logging.WARNING, ("Trials did not complete",)),
 )
+# Environment while quiet: Ray Tune logs every failed trial's whole traceback (its error.txt, which the
+# sweep's failure line names) unless this is 0.
+QUIET_ENVIRONMENT = {"TUNE_PRINT_ALL_TRIAL_ERRORS": "0"}
 
 
-class _Below(logging.Filter):
-    """Drops records below ``level``."""
+class _Quiet(logging.Filter):
+    """Drops records below ``level`` and records whose message starts with one of ``texts``."""
 
-    def __init__(self, level: int):
+    def __init__(self, level: int, texts: tuple[str, ...]):
         super().__init__()
         self.level = level
+        self.texts = texts
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= self.level
+        return record.levelno >= self.level and not str(record.msg).startswith(self.texts)
 
 
 class FilteredStream(io.TextIOBase):
@@ -99,10 +107,12 @@ def quiet_console(verbose: bool = False) -> Iterator[None]:
         yield
         return
     saved = []
-    for name, level in QUIET_LOGGERS:
-        logger, below = logging.getLogger(name), _Below(level)
-        logger.addFilter(below)
-        saved.append((logger, below))
+    for name, level, texts in QUIET_LOGGERS:
+        logger, quiet = logging.getLogger(name), _Quiet(level, texts)
+        logger.addFilter(quiet)
+        saved.append((logger, quiet))
+    environment = {key: os.environ.get(key) for key in QUIET_ENVIRONMENT}
+    os.environ.update(QUIET_ENVIRONMENT)
     # Optuna configures its library logger (level INFO) when first imported, so set it through its API.
     import optuna
 
@@ -118,8 +128,13 @@ def quiet_console(verbose: bool = False) -> Iterator[None]:
                 stream.close_partial()
                 stream.flush()
         sys.stdout, sys.stderr = out, err
-        for logger, below in saved:
-            logger.removeFilter(below)
+        for logger, quiet in saved:
+            logger.removeFilter(quiet)
+        for key, value in environment.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         optuna.logging.set_verbosity(optuna_level)
 
 

@@ -18,8 +18,10 @@ the same way.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -61,6 +63,18 @@ def is_valid_name(name: str) -> bool:
     """A run name usable as (the start of) one file name on every platform clapray runs on."""
     return (bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name
             and name.isprintable() and len(name.encode()) <= MAX_NAME_BYTES)
+
+
+def leaf_fields(cls: type, prefix: str = "") -> list[str]:
+    """Dotted names of every leaf field of a config dataclass, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    out: list[str] = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.extend(leaf_fields(hints[f.name], f"{prefix}{f.name}."))
+        else:
+            out.append(f"{prefix}{f.name}")
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -222,6 +236,33 @@ class MethodConfig(TypedConfig):
         "at the start of every task, wiping what it learned (the official code, P15); false = initialise it once")
     consolidation: ConsolidationConfig = config_field(factory=ConsolidationConfig, doc="memory consolidation")
 
+    def unused_fields(self) -> frozenset[str]:
+        """Fields of this section (relative names, ``vga.depth``) that the method never reads as configured.
+
+        A variant that learns nothing (zero-shot) reads only ``variant``; any other reads the
+        ``prompt`` options its catalogue entry declares (``VariantSpec.prompt_options``). The deterministic
+        head ("w/o VI") draws no samples and has no KL, hence no prior; the standard and language-aware
+        priors use no context batch; a disabled VGA or consolidation reads none of its settings.
+        """
+        spec = variant_spec(self.variant)
+        if not spec.learns:
+            return frozenset(name for name in leaf_fields(MethodConfig) if name != "variant")
+        unused = {f"prompt.{name}" for name in leaf_fields(PromptConfig) if name not in spec.prompt_options}
+        if self.deterministic:
+            unused |= VARIATIONAL_ONLY
+        elif self.prior != "data_driven":
+            unused |= {"prior_context", "prior_context_size"}
+        if not self.vga.enabled:
+            unused |= {f"vga.{name}" for name in leaf_fields(VGAConfig) if name != "enabled"}
+        if not self.consolidation.enabled:
+            unused |= {f"consolidation.{name}" for name in leaf_fields(ConsolidationConfig) if name != "enabled"}
+        return frozenset(unused)
+
+
+# Method fields only the variational head reads (method reference §5, §6, §14).
+VARIATIONAL_ONLY = frozenset({"mc_samples_train", "mc_samples_eval", "kl_weight", "prior", "prior_context",
+                              "prior_context_size"})
+
 
 @dataclass(frozen=True)
 class MemoryConfig(TypedConfig):
@@ -342,6 +383,29 @@ class RunConfig(TypedConfig):
     @property
     def uses_memory(self) -> bool:
         return not self.budget.replay_free and variant_spec(self.method.variant).learns
+
+    def unused_fields(self) -> frozenset[str]:
+        """Dotted fields this run never reads, given its variant, head and setting.
+
+        The results store keeps them as null in the run's row (``config_yaml`` keeps every value), so a
+        query over, say, the KD weight never counts a run that had none. A variant that learns nothing
+        reads no method option but its name (:meth:`MethodConfig.unused_fields`), keeps no memory, and
+        trains nothing (no budget, no optimiser: ``optim.batch_size`` still sets the evaluation batch when
+        ``eval.batch_size`` is null); a replay-free run keeps no memory and never consolidates; the warmup
+        fraction means something only with ``optim.warmup: fraction``.
+        """
+        unused = {f"method.{name}" for name in self.method.unused_fields()}
+        if not variant_spec(self.method.variant).learns:
+            unused |= set(leaf_fields(MemoryConfig, "memory.")) | set(leaf_fields(BudgetConfig, "budget."))
+            unused |= {name for name in leaf_fields(OptimConfig, "optim.")
+                       if not (name == "optim.batch_size" and self.eval.batch_size is None)}
+            return frozenset(unused)
+        if not self.uses_memory:
+            unused |= set(leaf_fields(MemoryConfig, "memory."))
+            unused |= set(leaf_fields(ConsolidationConfig, "method.consolidation."))
+        if self.optim.warmup != "fraction":
+            unused.add("optim.warmup_fraction")
+        return frozenset(unused)
 
     def config_hash(self) -> str:
         """A stable 12-hex-digit hash of every field except the name and where outputs go."""

@@ -54,11 +54,13 @@ from clapray.features import ImageFeatures
 from clapray.features.provide import features_for, uses_feature_cache
 from clapray.losses import mc_cross_entropy
 from clapray.metrics.step import step_metrics
+from clapray.metrics.transfer import next_task_accuracies
 from clapray.model.adapters import ProbabilisticAdapter
 from clapray.model.clap import ClapHead, HeadOutput
 from clapray.model.prompts import PromptText, build_prompt_variant, variant_class
 from clapray.model.prompts.zeroshot import zero_shot_logits
 from clapray.model.text_features import template_text_features
+from clapray.progress import ProgressHook
 from clapray.sampling import PlannedViews, derive_seed, epoch_plan, evaluation_batches, seed_phase
 from clapray.schedule import cosine_with_warmup, warmup_steps
 from clapray.task_result import RunProvenance, TaskResult
@@ -75,11 +77,15 @@ class ContinualLearner:
     """One CLAP4CLIP run. ``run()`` trains the remaining tasks; ``state_dict()`` checkpoints it."""
 
     def __init__(self, cfg: RunConfig, *, backbone=None, scenario=None, device: torch.device | None = None,
-                 features: ImageFeatures | None = None, feature_store: str | None = None):
+                 features: ImageFeatures | None = None, feature_store: str | None = None,
+                 progress: ProgressHook | None = None):
         """``features``: precomputed embeddings of the benchmark (a sweep shares them); ``feature_store``:
         where to keep (and look for) them otherwise; without either they are computed in memory on first
-        use. All three only apply when :func:`~clapray.features.provide.uses_feature_cache` holds."""
+        use. All three only apply when :func:`~clapray.features.provide.uses_feature_cache` holds.
+        ``progress``: called after every optimiser step and evaluation batch (:mod:`clapray.progress`);
+        may also be set later as the attribute ``progress``."""
         self.cfg = cfg
+        self.progress = progress
         self.device = device or resolve_device(cfg)
         self.backbone = backbone if backbone is not None else build_backbone(cfg, self.device)
         self.scenario = scenario if scenario is not None else build_scenario_from_config(cfg)
@@ -164,6 +170,7 @@ class ContinualLearner:
         t0 = time.perf_counter()
         seed_phase(self.cfg.seeds.init, task, "evaluate")
         fields = self.evaluate_task(task, setup)
+        transfer = fields.pop("next_task", {})
         evaluate_s = time.perf_counter() - t0
 
         losses = main.means("train") if self.head is not None else {}  # zero-shot has no loss
@@ -175,7 +182,8 @@ class ContinualLearner:
                      "total": time.perf_counter() - start},
             peak_memory_mb=self._peak_memory_mb(),
             extra={"n_steps": main.steps, "n_consolidation_steps": consolidated.steps,
-                   "memory_size": len(self.memory), "trainable_params": self.trainable_parameter_count()},
+                   "memory_size": len(self.memory), "trainable_params": self.trainable_parameter_count(),
+                   **transfer},
             **fields)
         self.history.append(result)
         self.tasks_done = task + 1
@@ -283,7 +291,7 @@ class ContinualLearner:
             # draws of whichever phase first needs them (a resumed run needs them at another point).
             with torch.random.fork_rng(devices=[]):
                 self._features, _ = features_for(self.cfg, self.backbone, self.scenario.benchmark,
-                                                 store_root=self._feature_store)
+                                                 store_root=self._feature_store, progress=self.progress)
             self._check_features(self._features)
         return self._features
 
@@ -378,6 +386,8 @@ class ContinualLearner:
                 stats.add(value, *(float(terms[k].detach()) for k in ("ce", "kd", "kl")),
                           prompt=None if terms["prompt"] is None else float(terms["prompt"].detach()))
                 step += 1
+                if self.progress is not None:
+                    self.progress(setup.task, phase.name, step, total)
         for p in self._learnable():
             p.requires_grad_(False)
         if self.world_size > 1 and stats.steps:
@@ -412,22 +422,37 @@ class ContinualLearner:
         seed_phase(self.cfg.seeds.init, task, "memory")  # the MC draws the model-based selectors read
 
         def predict(indices: np.ndarray, flips: np.ndarray | None, samples: bool) -> tuple[Tensor, Tensor | None]:
+            tick = self._ticker(task, "memory", math.ceil(len(indices) / self.eval_batch_size))
             if flips is None:
                 batches = self._image_batches(self.scenario.benchmark.train, indices)
             else:
                 batches = (x for x, _ in self._train_batches(indices, flips, self.eval_batch_size))
-            return self._predict(batches, setup, want_features=True, samples=samples)
+            return self._predict(batches, setup, want_features=True, samples=samples, tick=tick)
 
         update_memory(self.memory, task=task, k=self.memory_capacity.per_class(setup.num_seen),
                       new_indices=self.scenario.train_indices(task), targets=np.asarray(self.scenario.train_targets),
                       options=self.cfg.memory, seed=self.cfg.seeds.init, batch_size=self.eval_batch_size,
                       predict=predict)
 
+    def _ticker(self, task: int, phase: str, total: int) -> Callable[[], None] | None:
+        """A counter of the batches of ``phase`` that reports each to the progress hook (None without one)."""
+        hook = self.progress
+        if hook is None:
+            return None
+        done = 0
+
+        def tick() -> None:
+            nonlocal done
+            done += 1
+            hook(task, phase, done, total)
+
+        return tick
+
     @torch.no_grad()
     def _predict(self, batches: Iterator[Tensor], setup: TaskSetup, *, want_features: bool = False,
-                 samples: bool = False) -> tuple[Tensor, Tensor | None]:
+                 samples: bool = False, tick: Callable[[], None] | None = None) -> tuple[Tensor, Tensor | None]:
         """Mean-over-samples logits [N, C_seen] (every sample, [M, N, C_seen], with ``samples``) and the
-        embeddings [N, d] of batches of image embeddings, head in eval mode."""
+        embeddings [N, d] of batches of image embeddings, head in eval mode; ``tick`` is called after each batch."""
         if self.head is not None:
             self.head.eval()
         self.prompt.eval()
@@ -441,11 +466,15 @@ class ContinualLearner:
             text = fixed if fixed is not None else self.prompt.text_features(setup.num_seen, x)
             out = self.forward_batch(x, text, setup, self.cfg.method.mc_samples_eval)
             logits.append((out.logits if samples else out.logits.mean(dim=0)).float().cpu())
+            if tick is not None:
+                tick()
         return torch.cat(logits, dim=-2), (torch.cat(feats) if want_features else None)
 
     @torch.no_grad()
     def evaluate_task(self, task: int, setup: TaskSetup) -> dict[str, Any]:
-        """Accuracy row, calibration and novelty detection after ``task`` (§13)."""
+        """Accuracy row, calibration and novelty detection after ``task`` (§13), and under ``next_task`` the
+        inputs of forward transfer (:mod:`clapray.metrics.transfer`; empty at the last task, without novelty
+        detection, whose future-task images they reuse, or when the variant's image tower is not frozen)."""
         scenario, options = self.scenario, self.cfg.eval
         # The batch order is drawn from the data seed, so runs that differ only in their training see the
         # same evaluation batches (paired comparisons), at every step of a run.
@@ -453,20 +482,43 @@ class ContinualLearner:
                         seed=self.cfg.seeds.class_order)
         seen = evaluation_batches([scenario.eval_indices(j) for j in range(task + 1)],
                                   mixed=options.protocol == "mixed", stream="seen", **batching)
-        logits = self._predict(self._image_batches(scenario.eval_split, seen.indices, seen.batch_sizes), setup)[0]
-        targets = np.asarray(scenario.eval_targets)[seen.indices]
-        tasks = np.asarray(scenario.task_of_class)[targets]
-        divergence.check_logits(logits, f"evaluation after task {task}")
-        future = None
+        later = None
         if options.phndd and task < self.num_tasks - 1:
             # The images of every later task as one stream (official): batches mix the future tasks.
             later = evaluation_batches([scenario.eval_indices(j) for j in range(task + 1, self.num_tasks)],
                                        mixed=True, stream=f"future-after-{task}", **batching)
-            future = self._predict(self._image_batches(scenario.eval_split, later.indices, later.batch_sizes),
-                                   setup)[0]
+        tick = self._ticker(task, "evaluate", len(seen.batch_sizes) + (len(later.batch_sizes) if later else 0))
+        logits = self._predict(self._image_batches(scenario.eval_split, seen.indices, seen.batch_sizes), setup,
+                               tick=tick)[0]
+        targets = np.asarray(scenario.eval_targets)[seen.indices]
+        tasks = np.asarray(scenario.task_of_class)[targets]
+        divergence.check_logits(logits, f"evaluation after task {task}")
+        future, next_task = None, {}
+        if later is not None:
+            # The frozen tower's embeddings are what zero-shot CLIP sees: only then is it the reference.
+            frozen = self.prompt.spec.image_tower_frozen
+            future, embeddings = self._predict(
+                self._image_batches(scenario.eval_split, later.indices, later.batch_sizes), setup,
+                want_features=frozen, tick=tick)
             divergence.check_logits(future, f"novelty detection after task {task}")
-        return step_metrics(logits, targets, tasks, task, setup.task_of_class, self._acc_rows,
-                            batch_sizes=seen.batch_sizes, ece_bins=options.ece_bins, future_logits=future)
+            if frozen:
+                next_task = self._next_task_transfer(task, future, embeddings, later.indices)
+        fields = step_metrics(logits, targets, tasks, task, setup.task_of_class, self._acc_rows,
+                              batch_sizes=seen.batch_sizes, ece_bins=options.ece_bins, future_logits=future)
+        return {**fields, "next_task": next_task}
+
+    def _next_task_transfer(self, task: int, future: Tensor, embeddings: Tensor, indices: np.ndarray
+                            ) -> dict[str, float]:
+        """Forward transfer's inputs after ``task`` (:mod:`clapray.metrics.transfer`): the accuracy on task
+        ``task + 1``'s images with its classes added as zero-shot classes, and zero-shot CLIP's."""
+        scenario = self.scenario
+        targets = np.asarray(scenario.eval_targets)[indices]
+        mine = np.asarray(scenario.task_of_class)[targets] == task + 1
+        end = scenario.task_bounds(task + 1)[1]
+        text = self.templates.mean[:end].float().cpu()
+        reference = zero_shot_logits(embeddings[mine], text, self.backbone.logit_scale)
+        before, zero_shot = next_task_accuracies(future[mine].numpy(), reference.numpy(), targets[mine])
+        return {"next_task_acc": before, "next_task_zero_shot_acc": zero_shot}
 
     def reevaluate(self, *, seed: int, mc_samples: int | None = None, order: str | None = None) -> dict[str, Any]:
         """Evaluate the current model on every seen task again, with the Monte-Carlo draws of ``seed`` (and

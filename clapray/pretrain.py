@@ -586,6 +586,9 @@ def ensure_mini_clip(
         # Another process may have finished the same checkpoint while this one waited for the lock.
         if _usable(path) and not force:
             return path
+        if log is not None:
+            log(f"pretrain: the mini-CLIP ({settings.model_name}, {settings.steps} steps on generated shapes "
+                f"captions) is not cached yet; training it once (a few minutes on CPU) -> {path}")
         result = pretrain(settings, threads=threads, log=log)
         try:
             write_bytes_atomic(path, state_dict_bytes(result.state_dict))

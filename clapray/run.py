@@ -65,6 +65,7 @@ def execute(cfg: RunConfig, *, out=None) -> list[TaskResult]:
 
     from clapray.checkpoint import load_checkpoint
     from clapray.learner import ContinualLearner
+    from clapray.progress import ConsoleSink, Throttled
 
     # The checkpoint is read first (safely, see clapray.checkpoint): a damaged or tampered one is refused
     # before anything is built.
@@ -72,6 +73,8 @@ def execute(cfg: RunConfig, *, out=None) -> list[TaskResult]:
     # Every variant, the zero-shot reference row included, runs through the learner (which builds no head
     # for a variant that learns nothing); its features land in the store's cache, shared by later runs.
     learner = ContinualLearner(cfg, feature_store=str(store / "feature_cache"))
+    # A heartbeat inside long tasks (step i/n of train, consolidate, evaluate), every $CLAPRAY_HEARTBEAT_S s.
+    learner.progress = Throttled(ConsoleSink(out), learner.num_tasks)
     if state is not None:
         learner.load_state_dict(state)
     writer = RunWriter(store, rid, cfg, provenance=learner.provenance())

@@ -9,6 +9,7 @@ its configuration: what data it saw, what it trained, whether it read the frozen
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,3 +109,29 @@ class RunProvenance:
     dataset_fingerprint: str | None = None
     trainable_params: int | None = None
     used_feature_cache: bool | None = None
+
+
+@dataclass(frozen=True)
+class SweepCoordinates:
+    """Where a sweep trial sits in its sweep, recorded in its ``runs`` row (columns ``setting``, ``grid``,
+    ``sampled``): its cell's grid coordinates (the ``setting`` axis by preset name) and the values the
+    searcher sampled. Pairs rather than mappings, so the object stays hashable."""
+
+    grid: tuple[tuple[str, Any], ...] = ()
+    sampled: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def of(cls, grid: dict[str, Any], sampled: dict[str, Any]) -> SweepCoordinates:
+        return cls(tuple(grid.items()), tuple(sampled.items()))
+
+    @property
+    def setting(self) -> str | None:
+        """The preset of the sweep's ``setting`` axis, None when the sweep has no such axis."""
+        value = dict(self.grid).get("setting")
+        return None if value is None else str(value)
+
+    def grid_json(self) -> str:
+        return json.dumps(dict(self.grid))
+
+    def sampled_json(self) -> str:
+        return json.dumps(dict(self.sampled))

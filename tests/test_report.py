@@ -463,16 +463,17 @@ def test_trial_states_and_cell_summary_lines():
 
 def test_progress_printer_counts_from_every_trial(capsys):
     from clapray.sweep.callbacks import ProgressPrinter
+    from clapray.sweep.progress import SweepPlan
 
-    sweep = SimpleNamespace(search=SimpleNamespace(metric="avg_acc", mode="max"))
-    printer = ProgressPrinter(sweep, {"c": 3}, out=sys.stdout)
+    plan = SweepPlan(metric="avg_acc", mode="max", trials={"c": 4}, num_tasks={"c": 3})
+    printer = ProgressPrinter(plan, out=sys.stdout)
 
-    def trial(tid, status, result=None):
+    def trial(tid, status, result=None, params=None):
         return SimpleNamespace(trial_id=tid, status=status, last_result=result or {},
-                               config={"cell": "c", "seed": 0})
+                               config={"cell": "c", "seed": 0, "params": params or {}})
 
     earlier = trial("t0", "TERMINATED", {"tasks_done": 3, "avg_acc": 60.0})  # e.g. finished before a resume
-    current = trial("t1", "RUNNING", {"tasks_done": 3, "avg_acc": 65.0})
+    current = trial("t1", "RUNNING", {"tasks_done": 3, "avg_acc": 65.0}, {"method.kd_weight": 12.512345})
     waiting = trial("t2", "PENDING")
     trials = [earlier, current, waiting]
     printer.on_trial_result(0, trials, current, {"tasks_done": 2, "last_acc": 50.0, "avg_acc": 55.0})
@@ -481,9 +482,12 @@ def test_progress_printer_counts_from_every_trial(capsys):
     current.status = "TERMINATED"
     printer.on_experiment_end(trials)
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0] == ("c  t1  seed 0  task 2/3  acc  50.00  avg  55.00  "
-                        "[1 done, 1 running, 1 pending, 0 stopped, 0 failed; best avg_acc 60.00]")
-    assert lines[1] == "c  t1  finished  [2 done, 0 running, 1 pending, 0 stopped, 0 failed; best avg_acc 65.00]"
+    # 1 of 4 trials ended; one task finished this session, so the ETA is known (a number of seconds).
+    assert re.fullmatch(r"c  t1  seed 0  kd_weight=12\.51  task 2/3  acc  50\.00  avg  55\.00  "
+                        r"\[1 done, 1 running, 1 pending, 0 stopped, 0 failed; best avg_acc 60\.00\]  "
+                        r"\| 1/4 trials, elapsed \d+s, ETA \d+s", lines[0]), lines[0]
+    assert lines[1].startswith("c  t1  seed 0  kd_weight=12.51  finished  "
+                               "[2 done, 0 running, 1 pending, 0 stopped, 0 failed; best avg_acc 65.00]  | 2/4 trials")
     assert lines[2] == "c  [2 done, 0 running, 1 pending, 0 stopped, 0 failed; best avg_acc 65.00]"
 
 

@@ -147,7 +147,14 @@ def test_three_tasks_write_all_tables_and_status_transitions(tmp_path: Path) -> 
     assert from_mapping(RunConfig, yaml.safe_load(run["config_yaml"]), "back") == config(memory={"size": 500})
     assert set(json.loads(run["package_versions"])) >= {"clapray", "torch", "numpy", "pyarrow", "pandas"}
     assert run["git_sha"] is None or len(run["git_sha"]) == 40
-    assert run["started_at"].endswith("+00:00") and run["updated_at"] >= run["started_at"]
+    # Timestamps are Parquet timestamps in UTC (pandas: tz-aware), not text.
+    schema = pq.read_schema(tmp_path / "runs" / "run-a.parquet")
+    assert schema.field("started_at").type == pa.timestamp("ms", tz="UTC") == schema.field("updated_at").type
+    assert str(run["started_at"].tz) == "UTC" and run["updated_at"] >= run["started_at"]
+    # Average forgetting from the matrix: F_1 = 90 - 80; F_2 = mean(max(90, 80) - 75, 70 - 65).
+    assert run["forgetting"] == pytest.approx(10.0)
+    assert math.isnan(tasks["forgetting"].iloc[0]) and tasks["forgetting"].iloc[1:].tolist() == pytest.approx([10, 10])
+    assert math.isnan(run["fwt"])  # these results carry no next-task accuracies
 
     assert R.verify_consistency(tmp_path) == []
 

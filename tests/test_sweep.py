@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -57,12 +58,20 @@ SMALL = ["set.backbone.model=clapray-tiny-vit", "set.backbone.pretrained=null", 
          "set.method.vga.ff_dim=64"]
 
 
+# Lines Ray and Optuna print at start-up that the sweep's console filters (clapray.sweep.console).
+NOISE = ("Token authentication is enabled", "PYTHON worker processes have been started", "A new study created",
+         "Using an existing study", "Started a local Ray instance")
+
+
 def test_sweep_survives_a_failed_trial_resumes_and_matches_a_plain_run(tmp_path):
     """An injected failure after task 1 of every trial: Train resumes each from its checkpoint; the
     store ends complete and unduplicated, and its numbers equal a plain in-process run of the same config.
-    Running the command again starts no new trial."""
+    Running the command again starts no new trial. The console names each trial's parameters, the sweep's
+    k/N, elapsed time and ETA, shows heartbeats inside tasks, and none of Ray's or Optuna's start-up noise."""
     overrides = sum((["--set", s] for s in SMALL), [])
-    env = {"CLAPRAY_FAIL_AFTER_TASK": f"1:{tmp_path / 'markers'}", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+    # A heartbeat at every step (a task of this size lasts about a second), polled every 0.2 s.
+    env = {"CLAPRAY_FAIL_AFTER_TASK": f"1:{tmp_path / 'markers'}", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+           "CLAPRAY_HEARTBEAT_S": "0"}
     proc = sweep_cli("sweeps/quickstart.yaml", "--storage", str(tmp_path / "store"), *overrides, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert len(list((tmp_path / "markers").iterdir())) == 2  # each trial failed once
@@ -81,6 +90,29 @@ def test_sweep_survives_a_failed_trial_resumes_and_matches_a_plain_run(tmp_path)
                      proc.stdout, re.M), proc.stdout[-3000:]
     # Ray Tune's TensorBoard logger stays on and its event files land beside the store.
     assert list(root.glob("trial_driver_*/events.out.tfevents.*"))
+    assert_console_is_readable(proc, root, num_tasks=3, trials=2)
+
+    # The store documents itself: the grid axis and the sampled values are columns, forgetting and forward
+    # transfer are stored per run, and the README's Table 1 query (DuckDB) reads it without parsing `cell`.
+    assert set(runs["setting"]) == {"standard", "replay_free"}
+    assert [json.loads(g) for g in runs["grid"]] == [{"setting": s} for s in runs["setting"]]
+    for sampled, kd in zip(runs["sampled"], runs["method.kd_weight"], strict=True):
+        assert set(json.loads(sampled)) == {"method.kd_weight", "method.mc_samples_train"}
+        assert json.loads(sampled)["method.kd_weight"] == kd
+    assert str(runs["started_at"].dtype) == "datetime64[ms, UTC]"
+    for _, run in runs.iterrows():
+        mine = tasks[tasks["run_id"] == run["run_id"]]
+        assert run["forgetting"] == pytest.approx(mine.sort_values("task")["forgetting"].iloc[-1])
+        assert run["fwt"] == pytest.approx((mine["next_task_acc"] - mine["next_task_zero_shot_acc"]).mean())
+        assert mine["next_task_acc"].notna().sum() == 2  # every task but the last
+    duckdb = pytest.importorskip("duckdb")
+    from test_results_docs import readme_block
+
+    table1 = duckdb.sql(readme_block("sql", "The paper's Table 1").replace("results/variants-table1",
+                                                                          str(root))).df()
+    standard = runs[runs["setting"] == "standard"].iloc[0]
+    assert table1[["variant", "inference"]].values.tolist() == [["handcrafted", "VI"]]
+    assert table1["shapes_cl_Avg"].iloc[0] == f"{standard['avg_acc']:.2f} ± nan (n=1)"
 
     # The resumed trials' numbers equal an uninterrupted in-process run of the same configuration.
     import torch
@@ -108,6 +140,23 @@ def test_sweep_survives_a_failed_trial_resumes_and_matches_a_plain_run(tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming sweep" in again.stdout and "2 complete" in again.stdout
     assert {p: p.stat().st_mtime_ns for p in root.glob("tasks/*.parquet")} == before
+    assert not [n for n in NOISE if n in again.stdout + again.stderr]
+
+
+def assert_console_is_readable(proc: subprocess.CompletedProcess, root: Path, *, num_tasks: int, trials: int) -> None:
+    """What a person watching the sweep needs, and none of the start-up noise (README, Watching a sweep)."""
+    out = proc.stdout
+    # Every trial line: cell, trial, seed, the sampled parameters in short form, then k/N, elapsed, ETA.
+    task_lines = re.findall(rf"^setting=\S+  \S+  seed 0  kd_weight=[\d.]+ mc_samples_train=\d+  "
+                            rf"task \d/{num_tasks}  acc .*\| \d/{trials} trials, elapsed \S+, ETA \S+$", out, re.M)
+    assert len(task_lines) >= trials * num_tasks, out[-3000:]
+    assert re.search(rf"\| {trials}/{trials} trials, elapsed \S+, ETA 0s$", out, re.M), out[-3000:]
+    assert re.search(r"ETA \d+(m\d\d)?s$", out, re.M)  # a real estimate once tasks have finished
+    # At least one heartbeat from inside a task (the trial's rank 0 writes it, the driver polls it).
+    assert re.search(rf"^setting=\S+  \S+  seed 0  kd_weight=\S+ mc_samples_train=\d+  \.\.\. task \d/{num_tasks}  "
+                     rf"(train|memory|consolidate|evaluate) (step|batch) \d+/\d+  \[", out, re.M), out[-3000:]
+    assert not [n for n in NOISE if n in out + proc.stderr], proc.stderr[-3000:]
+    assert out.strip().splitlines()[-1] == f"report: python -m clapray.report {root}"
 
 
 def run_readme_queries(root: Path) -> dict:
@@ -123,7 +172,8 @@ def run_readme_queries(root: Path) -> dict:
 
 def test_sweep_of_eight_trials_encodes_the_images_once(tmp_path):
     """The sweep computes the frozen embeddings in one Ray task and every trial reads them from the object
-    store: one encoding pass in the cache's build log, every run marked as having used it."""
+    store: one encoding pass in the cache's build log, every run marked as having used it. The trial of
+    seed 3 is made to fail after its first task (no retries): its line gives the reason and the log."""
     sweep = tmp_path / "eight.yaml"
     sweep.write_text(
         "name: eight\nbase: quickstart\n"
@@ -134,12 +184,25 @@ def test_sweep_of_eight_trials_encodes_the_images_once(tmp_path):
         "seeds: [0, 1, 2, 3, 4, 5, 6, 7]\nscheduler: none\n"
         "resources: {workers_per_trial: 1, gpus_per_worker: 0, cpus_per_worker: 1, max_concurrent_trials: null}\n"
         "retries: 0\nstorage: results\n")
-    proc = sweep_cli(str(sweep), "--storage", str(tmp_path / "store"))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = sweep_cli(str(sweep), "--storage", str(tmp_path / "store"),
+                     env={"CLAPRAY_FAIL_AFTER_TASK": f"0:{tmp_path / 'markers'}:3"})
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]  # a trial failed for good
     assert "feature cache: 1 entry (1 encoded, 0 loaded)" in proc.stdout
     root = tmp_path / "store" / "eight"
     runs = pd.read_parquet(root / "runs")
-    assert len(runs) == 8 and set(runs["status"]) == {"finished"} and runs["used_feature_cache"].all()
+    assert len(runs) == 8 and runs["used_feature_cache"].all()
+    assert runs.set_index("seed")["status"].to_dict() == {s: "error" if s == 3 else "finished" for s in range(8)}
+    failed = re.findall(r"^base  (\S+)  seed 3  FAILED after task 1/2: (.*) \(full log: (\S+error\.txt)\)  \[",
+                        proc.stdout, re.M)
+    assert len(failed) == 1, proc.stdout[-3000:]
+    assert failed[0][1] == "clapray.sweep.trial.InjectedFailure: injected failure after task 0"
+    # The log is Tune's error.txt in the trial's folder of the store, with the worker's traceback.
+    log = Path(failed[0][2])
+    assert log.is_file() and log.is_relative_to(root) and 'File "' in log.read_text()  # a traceback
+    assert "InjectedFailure: injected failure after task 0" in log.read_text()
+    assert "Traceback" not in proc.stdout and not [n for n in NOISE if n in proc.stdout + proc.stderr]
+    # Tune's own dump of the traceback stays in error.txt, off the console.
+    assert "Traceback" not in proc.stderr and "Trials did not complete" not in proc.stderr, proc.stderr[-3000:]
     logs = list((root / "feature_cache").glob("*/builds.log"))
     assert len(logs) == 1 and len(logs[0].read_text().splitlines()) == 1
 

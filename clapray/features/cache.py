@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -31,6 +32,7 @@ import torch
 from torch import Tensor
 
 from clapray.fileio import directory_lock, resolve_filesystem, write_bytes_atomic
+from clapray.progress import ProgressHook
 
 logger = logging.getLogger(__name__)
 
@@ -114,29 +116,40 @@ class _Views(torch.utils.data.Dataset):
 
 
 def _encode_split(backbone: Any, split: Any, transform: Callable[[Any], Tensor], *, batch_size: int,
-                  num_workers: int) -> Tensor:
+                  num_workers: int, tick: Callable[[], None] = lambda: None) -> Tensor:
     device = backbone.device
     loader = torch.utils.data.DataLoader(_Views(split, transform), batch_size=batch_size, shuffle=False,
                                          num_workers=num_workers, pin_memory=device.type == "cuda")
-    parts = [backbone.encode_images(images.to(device, non_blocking=True)).float().cpu() for images in loader]
+    parts = []
+    for images in loader:
+        parts.append(backbone.encode_images(images.to(device, non_blocking=True)).float().cpu())
+        tick()
     return torch.cat(parts) if parts else torch.zeros(0, backbone.embed_dim)
 
 
 def encode_benchmark(backbone: Any, benchmark: Any, key: str, *, batch_size: int = 256,
-                     num_workers: int = 0) -> ImageFeatures:
+                     num_workers: int = 0, progress: ProgressHook | None = None) -> ImageFeatures:
     """Every training image in both views and every test image through the frozen image tower.
 
     ``backbone.encode_images`` runs without gradients, under the backbone's precision (bf16 autocast on
-    GPU) and returns L2-normalised embeddings; they are kept in float32.
+    GPU) and returns L2-normalised embeddings; they are kept in float32. ``progress`` hears of every batch
+    (phase ``encode``, task -1; :mod:`clapray.progress`).
     """
     from clapray.data.transforms import view_transform
 
-    original = _encode_split(backbone, benchmark.train, view_transform(backbone.preprocess, False),
-                             batch_size=batch_size, num_workers=num_workers)
-    flipped = _encode_split(backbone, benchmark.train, view_transform(backbone.preprocess, True),
-                            batch_size=batch_size, num_workers=num_workers)
-    test = _encode_split(backbone, benchmark.test, backbone.preprocess, batch_size=batch_size,
-                         num_workers=num_workers)
+    total = 2 * math.ceil(len(benchmark.train) / batch_size) + math.ceil(len(benchmark.test) / batch_size)
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(-1, "encode", done, total)
+
+    options = dict(batch_size=batch_size, num_workers=num_workers, tick=tick)
+    original = _encode_split(backbone, benchmark.train, view_transform(backbone.preprocess, False), **options)
+    flipped = _encode_split(backbone, benchmark.train, view_transform(backbone.preprocess, True), **options)
+    test = _encode_split(backbone, benchmark.test, backbone.preprocess, **options)
     return ImageFeatures(train=torch.stack([original, flipped]), test=test, key=key)
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from clapray.config import RunConfig
 from clapray.features.cache import FeatureStore, ImageFeatures, cache_key, encode_benchmark, load_or_build
 from clapray.features.fingerprint import feature_fingerprint
+from clapray.progress import ProgressHook
 
 
 def uses_feature_cache(cfg: RunConfig) -> bool:
@@ -30,14 +31,17 @@ def feature_key(cfg: RunConfig, backbone: Any, benchmark: Any) -> tuple[str, dic
 
 
 def features_for(cfg: RunConfig, backbone: Any, benchmark: Any, store_root: str | None = None,
-                 log: Callable[[str], None] | None = None) -> tuple[ImageFeatures, bool]:
+                 log: Callable[[str], None] | None = None, progress: ProgressHook | None = None
+                 ) -> tuple[ImageFeatures, bool]:
     """``(features, built)`` for ``cfg``'s benchmark: from ``store_root`` if stored and intact, else
-    encoded (and stored there, when given). Without a store they live in memory for this run only."""
+    encoded (and stored there, when given). Without a store they live in memory for this run only.
+    ``progress`` hears of every encoded batch (:mod:`clapray.progress`)."""
     key, fingerprint = feature_key(cfg, backbone, benchmark)
     batch = max(cfg.eval.batch_size or 0, 256)
 
     def build() -> ImageFeatures:
-        return encode_benchmark(backbone, benchmark, key, batch_size=batch, num_workers=cfg.data.num_workers)
+        return encode_benchmark(backbone, benchmark, key, batch_size=batch, num_workers=cfg.data.num_workers,
+                                progress=progress)
 
     if store_root is None:
         return build(), True
@@ -75,11 +79,15 @@ def feature_group(cfg: RunConfig) -> str:
     }, sort_keys=True)
 
 
-def build_shareable(cfg: RunConfig, store_root: str) -> tuple[tuple[np.ndarray, int, str], bool]:
-    """Load or build ``cfg``'s features in ``store_root``; ``(shareable, built)`` (a Ray task's body)."""
+def build_shareable(cfg: RunConfig, store_root: str, progress_file: str | None = None
+                    ) -> tuple[tuple[np.ndarray, int, str], bool]:
+    """Load or build ``cfg``'s features in ``store_root``; ``(shareable, built)`` (a Ray task's body).
+    Encoding writes heartbeats to ``progress_file`` (:mod:`clapray.progress`) when given."""
     from clapray.builders import build_backbone, build_benchmark_from_config, resolve_device
+    from clapray.progress import FileSink, Throttled
 
     backbone = build_backbone(cfg, resolve_device(cfg))
     benchmark = build_benchmark_from_config(cfg)
-    features, built = features_for(cfg, backbone, benchmark, store_root=store_root)
+    progress = Throttled(FileSink(progress_file), num_tasks=0) if progress_file else None
+    features, built = features_for(cfg, backbone, benchmark, store_root=store_root, progress=progress)
     return to_shareable(features), built

@@ -9,7 +9,8 @@ clapray.run``, no sweep ids) and of sweeps read the same way:
 
 ``benchmark`` (``data.dataset``), ``variant`` (``method.variant``), ``inference`` (``VI`` or ``w/o VI``
 from ``method.deterministic``; ``-`` for the zero-shot baseline), ``setting`` (``standard``,
-``replay-free``, ``budget N``, ``replay-free, budget N`` from the ``budget.*`` fields), ``seed`` (the
+``replay-free``, ``budget N``, ``replay-free, budget N`` from the ``budget.*`` fields; the store's own
+``setting`` column, a sweep's preset name, becomes ``setting_preset``), ``seed`` (the
 sweep's id column, else ``seeds.init``), ``cell`` (the sweep's cell, else one per variant, inference,
 benchmark and setting), ``configuration`` (the sweep's id, else a hash of every config field but the seed)
 and ``config_key`` (store and configuration: trials differing only in their seed share it).
@@ -201,6 +202,10 @@ def _configuration_key(row: pd.Series, columns: Sequence[str]) -> str:
 def derive_columns(runs: pd.DataFrame) -> pd.DataFrame:
     """Add the derived columns of the module docstring (kept where a store already has them)."""
     runs = runs.copy()
+    if "setting" in runs.columns and "setting_preset" not in runs.columns:
+        # The store's `setting` is a sweep's preset name (a sweep may name its variants that way); the report
+        # compares what the runs did, read from their budget fields.
+        runs = runs.rename(columns={"setting": "setting_preset"})
     get = runs.get
     if "benchmark" not in runs.columns:
         runs["benchmark"] = get("data.dataset", pd.Series("?", index=runs.index)).fillna("?")

@@ -31,9 +31,12 @@ Two properties make that safe:
   caller-supplied ``extra`` run columns must be the same for every run of a store, like the ids. So
   pandas, pyarrow, polars and DuckDB read every column of every table at their default options.
 
-The package: :mod:`~clapray.results.schema` (tables and their fixed schemas), :mod:`~clapray.results.writer`
-(:class:`RunWriter`), :mod:`~clapray.results.reader` (:func:`load_table`, :func:`aggregate`) and
-:mod:`~clapray.results.consistency` (:func:`verify_consistency`).
+The package: :mod:`~clapray.results.columns` (every fixed column's type, unit and meaning),
+:mod:`~clapray.results.schema` (tables and their fixed schemas), :mod:`~clapray.results.writer`
+(:class:`RunWriter`), :mod:`~clapray.results.reader` (:func:`load_table`, :func:`aggregate`),
+:mod:`~clapray.results.consistency` (:func:`verify_consistency`) and :mod:`~clapray.results.docs` (the data
+dictionary ``docs/results-schema.md``, ``python -m clapray.results schema``). A config field the run never
+reads (:meth:`clapray.config.RunConfig.unused_fields`) is null in its ``runs`` row; ``config_yaml`` keeps it.
 
 Id columns (``sweep``, ``cell``, ``trial_id``, ``seed``, ...) are passed to the writer as a mapping and
 added to every row of every table, before ``run_id``. **Every file of a store must use the same id keys**

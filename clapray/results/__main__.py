@@ -1,7 +1,9 @@
-"""``python -m clapray.results {compact,verify} STORE``: maintenance of a results store.
+"""``python -m clapray.results {compact,verify} STORE`` and ``schema``: a results store's maintenance and
+its data dictionary.
 
     python -m clapray.results verify results/quickstart     # list every inconsistency; exit 1 if any
     python -m clapray.results compact results/quickstart    # fold ended runs into one file per table
+    python -m clapray.results schema > docs/results-schema.md   # every table and column: type, unit, meaning
 
 STORE is a store root (the folder holding ``runs/``, ``tasks/``, ...: ``<storage>/<sweep>`` for a sweep),
 a local path or an ``s3://`` URI. ``compact`` takes the store's lease, so it refuses to run beside a sweep
@@ -23,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     compact.add_argument("store", help="store root: a local path or s3://bucket/prefix/<sweep>")
     verify = sub.add_parser("verify", help="check the store's consistency; exit 1 if it has problems")
     verify.add_argument("store", help="store root: a local path or s3://bucket/prefix/<sweep>")
+    sub.add_parser("schema", help="print the data dictionary (every table and column) as Markdown")
     return parser
 
 
@@ -40,6 +43,11 @@ def _require_store(store: str) -> None:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "schema":
+        from clapray.results.docs import schema_markdown
+
+        sys.stdout.write(schema_markdown())
+        return 0
     _require_store(args.store)
     if args.command == "verify":
         from clapray.results import verify_consistency

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from clapray.fileio import resolve_filesystem
-from clapray.results.files import PART_PREFIX, list_table, read_file, table_dir, write_table_atomic
-from clapray.results.schema import META_RUNS, TABLES
+from clapray.results.files import PART_PREFIX, list_table, read_file, table_dir, upgrade_table, write_table_atomic
+from clapray.results.schema import META_RUNS, META_VERSION, SCHEMA_VERSION, TABLES
 
 ENDED = ("finished", "stopped", "error")
 SORT_KEYS = {"runs": ["run_id"], "tasks": ["run_id", "task"], "accuracy": ["run_id", "task", "eval_task"],
@@ -118,7 +118,7 @@ def compact(root: str, *, filesystem=None) -> CompactReport:
             if rows is None:
                 report.unreadable.append(part)
                 continue
-            pieces.append(rows)
+            pieces.append(upgrade_table(rows))
             inputs.append(part)
             run_ids.update(ids)
         for run_id, file in sorted(chosen.items()):
@@ -126,7 +126,7 @@ def compact(root: str, *, filesystem=None) -> CompactReport:
             if rows is None:
                 report.unreadable.append(file)
                 continue
-            pieces.append(rows)
+            pieces.append(upgrade_table(rows))
             inputs.append(file)
             run_ids.add(run_id)
         if not chosen or not pieces:
@@ -135,6 +135,7 @@ def compact(root: str, *, filesystem=None) -> CompactReport:
         merged = pa.concat_tables([p.replace_schema_metadata(None) for p in pieces], promote_options="permissive")
         merged = merged.sort_by([(k, "ascending") for k in SORT_KEYS[table] if k in merged.column_names])
         metadata[META_RUNS] = json.dumps(sorted(run_ids)).encode()
+        metadata[META_VERSION] = SCHEMA_VERSION.encode()  # older pieces were upgraded as they were read
         write_table_atomic(fs, table_dir(path, table), f"{PART_PREFIX}{uuid.uuid4().hex[:12]}.parquet",
                            merged.replace_schema_metadata(metadata))
         for file in inputs:  # only now: a crash before this point leaves duplicates, never a loss

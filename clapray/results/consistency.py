@@ -20,6 +20,17 @@ from clapray.results.schema import TABLES
 # Consistency
 
 
+# The summaries recomputed from the accuracy matrix, in the order recompute() returns them.
+SUMMARIES = ("last_acc", "avg_acc", "bwt", "forgetting")
+
+
+def _differs(column: str, stored: float, value: float, atol: float) -> bool:
+    # Rows of stores written before forgetting was recorded (schema version 1) read it as NaN.
+    if column == "forgetting" and math.isnan(stored):
+        return False
+    return not _close(stored, value, atol)
+
+
 def _close(a: float, b: float, atol: float) -> bool:
     if math.isnan(a) or math.isnan(b):
         return math.isnan(a) and math.isnan(b)
@@ -32,8 +43,9 @@ def verify_consistency(root: str | Path | Sequence[str | Path], *, filesystem: p
 
     From the ``accuracy`` rows of a run, the matrix a[t, j] is rebuilt and, with :mod:`clapray.metrics`,
     every ``tasks`` row's ``acc`` (A_t, the macro mean of row t), ``avg_acc`` (mean of A_0..A_t) and
-    ``bwt`` (mean over j < t of a[t, j] - a[j, j], NaN at t = 0) are recomputed, as are the ``runs``
-    row's ``last_acc``, ``avg_acc`` and ``bwt`` at ``tasks_done - 1``. Also reported: duplicate rows,
+    ``bwt`` (mean over j < t of a[t, j] - a[j, j], NaN at t = 0) and ``forgetting`` (average forgetting,
+    NaN at t = 0) are recomputed, as are the ``runs`` row's ``last_acc``, ``avg_acc``, ``bwt`` and
+    ``forgetting`` at ``tasks_done - 1``. Also reported: duplicate rows,
     incomplete matrix rows, task rows or run rows without accuracy rows, runs that have task or accuracy
     rows but no ``runs`` row (a deleted or lost run file), and every file that cannot be read (truncated,
     not Parquet), which is then left out of the other checks. An empty list means consistent.
@@ -71,7 +83,7 @@ def verify_consistency(root: str | Path | Sequence[str | Path], *, filesystem: p
         mat[rows["task"].to_numpy(dtype=int), rows["eval_task"].to_numpy(dtype=int)] = rows["acc"].to_numpy(float)
         matrices[str(run_id)] = mat
 
-    def recompute(run_id: str, step: int, where: str) -> tuple[float, float, float] | None:
+    def recompute(run_id: str, step: int, where: str) -> tuple[float, float, float, float] | None:
         mat = matrices.get(run_id)
         if mat is None or step >= mat.shape[0]:
             problems.append(f"{where}: no accuracy rows for task {step}")
@@ -79,7 +91,7 @@ def verify_consistency(root: str | Path | Sequence[str | Path], *, filesystem: p
         sub = mat[: step + 1, : step + 1]
         try:
             return (metrics.last_accuracy(sub, step), metrics.average_incremental_accuracy(sub),
-                    metrics.backward_transfer(sub, step))
+                    metrics.backward_transfer(sub, step), metrics.average_forgetting(sub, step))
         except ValueError as err:
             problems.append(f"{where}: accuracy matrix incomplete ({err})")
             return None
@@ -90,9 +102,9 @@ def verify_consistency(root: str | Path | Sequence[str | Path], *, filesystem: p
         expected = recompute(run_id, step, where)
         if expected is None:
             continue
-        for column, value in zip(("last_acc", "avg_acc", "bwt"), expected, strict=False):
-            stored = float(getattr(row, column))
-            if not _close(stored, value, atol):
+        for column, value in zip(SUMMARIES, expected, strict=True):
+            stored = float(getattr(row, column, math.nan))
+            if _differs(column, stored, value, atol):
                 problems.append(f"{where}: {column} = {stored!r} but the accuracy table gives {value!r}")
 
     for _, row in runs.iterrows():
@@ -103,9 +115,9 @@ def verify_consistency(root: str | Path | Sequence[str | Path], *, filesystem: p
         expected = recompute(run_id, int(done) - 1, where)
         if expected is None:
             continue
-        for column, value in zip(("last_acc", "avg_acc", "bwt"), expected, strict=False):
-            stored = float(row[column])
-            if not _close(stored, value, atol):
+        for column, value in zip(SUMMARIES, expected, strict=True):
+            stored = float(row.get(column, math.nan))
+            if _differs(column, stored, value, atol):
                 problems.append(f"{where}: {column} = {stored!r} but the accuracy table gives {value!r}")
         n_task_rows = int((tasks["run_id"] == run_id).sum()) if len(tasks) else 0
         if n_task_rows != int(done):

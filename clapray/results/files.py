@@ -23,7 +23,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from clapray.fileio import data_files, is_object_store
-from clapray.results.schema import META_RUNS, TABLES
+from clapray.results.columns import TIMESTAMP
+from clapray.results.schema import META_RUNS, META_VERSION, TABLES
 
 PART_PREFIX = "part-"
 QUARANTINE = "_quarantine"
@@ -74,6 +75,19 @@ def read_file(fs: pafs.FileSystem, path: str) -> pa.Table | None:
         return pq.read_table(path, filesystem=fs)
     except (OSError, pa.ArrowException):
         return None
+
+
+def upgrade_table(table: pa.Table) -> pa.Table:
+    """A table read from a file of schema version 1 in today's types: its ISO-text timestamps become UTC
+    timestamps. Columns it lacks (added in version 2) read as null when tables are concatenated."""
+    meta = table.schema.metadata or {}
+    if meta.get(META_VERSION, b"1") != b"1":
+        return table
+    for name in ("started_at", "updated_at"):
+        if name in table.column_names and pa.types.is_string(table.schema.field(name).type):
+            index = table.column_names.index(name)
+            table = table.set_column(index, pa.field(name, TIMESTAMP), table.column(name).cast(TIMESTAMP))
+    return table
 
 
 def part_runs(fs: pafs.FileSystem, path: str) -> list[str] | None:

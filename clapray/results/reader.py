@@ -14,7 +14,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from clapray.fileio import data_files, resolve_filesystem
-from clapray.results.files import read_file
+from clapray.results.files import read_file, upgrade_table
 from clapray.results.schema import TABLES, Table, accuracy_schema, calibration_schema, run_schema, task_schema
 
 # --------------------------------------------------------------------------------------------------
@@ -40,7 +40,13 @@ def _read_dir(fs: pafs.FileSystem, directory: str, skip_unreadable: bool = False
     factory = pads.FileSystemDatasetFactory(fs, files, pads.ParquetFileFormat())
     # Inspect every file, not just the first (which is what a plain directory read does), so columns
     # that only some runs have (extra losses, extra run columns) are kept; ints widen to floats if mixed.
-    schema = factory.inspect(promote_options="permissive", fragments=None)
+    try:
+        schema = factory.inspect(promote_options="permissive", fragments=None)
+    except pa.ArrowTypeError:
+        # Files of an older schema version beside newer ones (a store resumed after an upgrade of
+        # clapray): read them one by one in today's types.
+        tables = [upgrade_table(t) for t in (read_file(fs, f) for f in files) if t is not None]
+        return pa.concat_tables([t.replace_schema_metadata(None) for t in tables], promote_options="permissive")
     return factory.finish(schema).to_table()
 
 

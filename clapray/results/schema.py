@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from clapray.config import RunConfig
+from clapray.results import columns
 
 Table = Literal["runs", "tasks", "accuracy", "calibration"]
 TABLES: tuple[str, ...] = ("runs", "tasks", "accuracy", "calibration")
@@ -41,7 +42,9 @@ TIMING_KEYS: tuple[str, ...] = ("train", "consolidate", "evaluate", "total")
 # Integer facts a task result may carry in ``TaskResult.extra``, each a fixed nullable column.
 COUNT_KEYS: tuple[str, ...] = ("n_steps", "n_consolidation_steps", "memory_size")
 
-SCHEMA_VERSION = "1"
+# 2: timestamps with time zone; setting, grid, sampled, forgetting and fwt in runs; forgetting and the
+# next-task accuracies in tasks; config fields a run never reads are null.
+SCHEMA_VERSION = "2"
 META_VERSION = b"clapray.results.version"
 META_IDS = b"clapray.results.ids"
 META_EXTRA = b"clapray.results.extra"
@@ -108,36 +111,20 @@ def config_schema() -> pa.Schema:
 
 
 def config_values(config: RunConfig) -> dict[str, Any]:
-    """``config.flatten()`` with list values (tuple fields) as JSON text, matching :func:`config_schema`."""
-    return {k: json.dumps(v) if isinstance(v, list) else v for k, v in config.flatten().items()}
+    """``config.flatten()`` with list values (tuple fields) as JSON text, matching :func:`config_schema`, and
+    None for every field the run never reads (:meth:`RunConfig.unused_fields`)."""
+    unused = config.unused_fields()
+    return {k: None if k in unused else json.dumps(v) if isinstance(v, list) else v
+            for k, v in config.flatten().items()}
 
 
-# Columns after the ids, in file order. Loss and timing columns follow the metrics in `tasks`.
-_TASK_HEAD: list[tuple[str, pa.DataType]] = [
-    ("run_id", _STR), ("task", _I64), ("num_tasks", _I64), ("last_acc", _F64), ("avg_acc", _F64),
-    ("bwt", _F64), ("ece", _F64), ("ece_per_batch", _F64), ("phndd_auroc", _F64), ("phndd_aupr", _F64),
-    ("phndd_fpr95", _F64), ("phndd_fpr95_at_least", _F64),
-]
-_TASK_TAIL: list[tuple[str, pa.DataType]] = [
-    ("peak_memory_mb", _F64), *((k, _I64) for k in COUNT_KEYS), ("other_metrics", _STR)]
-_ACCURACY_COLUMNS: list[tuple[str, pa.DataType]] = [
-    ("run_id", _STR), ("task", _I64), ("eval_task", _I64), ("acc", _F64), ("task_aware_acc", _F64),
-    ("n_samples", _I64),
-]
+# Columns after the ids, in file order (documented in clapray.results.columns).
+_TASK_HEAD: list[tuple[str, pa.DataType]] = [c.pair for c in columns.TASK_HEAD]
+_TASK_TAIL: list[tuple[str, pa.DataType]] = [c.pair for c in columns.TASK_TAIL]
+_ACCURACY_COLUMNS: list[tuple[str, pa.DataType]] = [c.pair for c in columns.ACCURACY_COLUMNS]
 # The reliability diagram's data (TaskResult.calibration): only results that carry it write these rows.
-_CALIBRATION_COLUMNS: list[tuple[str, pa.DataType]] = [
-    ("run_id", _STR), ("task", _I64), ("n_bins", _I64), ("bin", _I64), ("lower", _F64), ("upper", _F64),
-    ("count", _I64), ("mean_confidence", _F64), ("accuracy", _F64),
-]
-_RUN_HEAD: list[tuple[str, pa.DataType]] = [
-    ("run_id", _STR), ("status", _STR), ("error", _STR), ("tasks_done", _I64), ("num_tasks", _I64),
-    ("avg_acc", _F64), ("last_acc", _F64), ("bwt", _F64), ("ece", _F64), ("ece_per_batch", _F64),
-    ("phndd_auroc", _F64), ("phndd_aupr", _F64), ("phndd_fpr95", _F64), ("phndd_fpr95_at_least", _F64),
-    ("wall_s", _F64), ("gpu_s", _F64), ("peak_memory_mb", _F64), ("started_at", _STR), ("updated_at", _STR),
-    ("git_sha", _STR), ("git_dirty", pa.bool_()), ("package_versions", _STR), ("python_version", _STR),
-    ("config_hash", _STR), ("dataset_fingerprint", _STR), ("trainable_params", _I64),
-    ("used_feature_cache", pa.bool_()), ("config_yaml", _STR),
-]
+_CALIBRATION_COLUMNS: list[tuple[str, pa.DataType]] = [c.pair for c in columns.CALIBRATION_COLUMNS]
+_RUN_HEAD: list[tuple[str, pa.DataType]] = [c.pair for c in columns.RUN_COLUMNS]
 
 
 def loss_column(key: str) -> str:

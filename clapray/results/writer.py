@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from clapray.config import RunConfig
 from clapray.fileio import resolve_filesystem
+from clapray.metrics.accuracy import average_forgetting, stack_accuracy_rows
 from clapray.results.files import PART_PREFIX, list_table, read_file, run_file, table_dir, write_table_atomic
 from clapray.results.schema import (
     COUNT_KEYS,
@@ -51,7 +52,7 @@ from clapray.results.schema import (
     task_schema,
     timing_column,
 )
-from clapray.task_result import RunProvenance, TaskResult
+from clapray.task_result import RunProvenance, SweepCoordinates, TaskResult
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +98,17 @@ def _package_versions() -> str:
     return json.dumps(versions, sort_keys=True)
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(microsecond=0)
+
+
+def _as_utc(value: Any) -> datetime | None:
+    """A stored timestamp as an aware UTC datetime (ISO text from stores of schema version 1 too)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -115,6 +125,18 @@ def _nanmean(values: Sequence[float]) -> float:
     return sum(finite) / len(finite) if finite else float("nan")
 
 
+# The run row's metric summaries (NaN until a task is written; kept across resumes).
+_SUMMARIES = ("avg_acc", "last_acc", "bwt", "forgetting", "fwt", "ece", "ece_per_batch", "phndd_auroc", "phndd_aupr",
+              "phndd_fpr95", "phndd_fpr95_at_least", "wall_s", "gpu_s", "peak_memory_mb")
+_COORDINATE_KEYS = ("setting", "grid", "sampled")
+
+
+def _coordinate_columns(coordinates: SweepCoordinates | None) -> dict[str, Any]:
+    if coordinates is None:
+        return dict.fromkeys(_COORDINATE_KEYS)
+    return {"setting": coordinates.setting, "grid": coordinates.grid_json(), "sampled": coordinates.sampled_json()}
+
+
 class RunWriter:
     """Writes one run's rows into a store as its tasks finish.
 
@@ -128,6 +150,8 @@ class RunWriter:
         provenance: what the run saw and trained (dataset fingerprint, trainable parameters, feature cache);
             ``None`` or a ``None`` field keeps the value the store already holds for this run, so a writer
             that only records a new status (a stopped or failed trial) never blanks them.
+        coordinates: where a sweep trial sits in its sweep (columns ``setting``, ``grid``, ``sampled``);
+            ``None`` keeps the stored values (null for a new run: not a sweep trial).
         extra: further run-row columns; values as for ``ids``.
         filesystem: a ``pyarrow.fs`` filesystem to write on (``root`` is then a path on it, no scheme).
 
@@ -137,7 +161,7 @@ class RunWriter:
 
     def __init__(self, root: str | Path, run_id: str, config: RunConfig, *, ids: Mapping[str, Any] = {},
                  provenance: RunProvenance | None = None, extra: Mapping[str, Any] = {},
-                 filesystem: pafs.FileSystem | None = None) -> None:
+                 filesystem: pafs.FileSystem | None = None, coordinates: SweepCoordinates | None = None) -> None:
         if (not isinstance(run_id, str) or not SAFE_NAME.match(run_id) or run_id.startswith((".", "_"))
                 or run_id.startswith(PART_PREFIX)):
             raise ValueError(f"run_id {run_id!r}: use only letters, digits, '-', '_' and '.', not starting with "
@@ -168,9 +192,8 @@ class RunWriter:
         git_sha, git_dirty = _git_state()
         self._row: dict[str, Any] = {
             "run_id": run_id, "status": "running", "error": None, "tasks_done": 0, "num_tasks": None,
-            **{k: float("nan") for k in ("avg_acc", "last_acc", "bwt", "ece", "ece_per_batch", "phndd_auroc",
-                                         "phndd_aupr", "phndd_fpr95", "phndd_fpr95_at_least", "wall_s",
-                                         "gpu_s", "peak_memory_mb")},
+            **_coordinate_columns(coordinates),
+            **{k: float("nan") for k in _SUMMARIES},
             "started_at": _now(), "updated_at": None,
             "git_sha": git_sha, "git_dirty": git_dirty, "package_versions": _package_versions(),
             "python_version": platform.python_version(), "config_hash": config.config_hash(),
@@ -183,11 +206,13 @@ class RunWriter:
         self._row.update(provided)
         previous = self.stored_row()
         if previous is not None and previous.get("config_hash") == self._row["config_hash"]:
-            for key in ("status", "error", "tasks_done", "num_tasks", "avg_acc", "last_acc", "bwt", "ece",
-                        "ece_per_batch", "phndd_auroc", "phndd_aupr", "phndd_fpr95", "phndd_fpr95_at_least",
-                        "wall_s", "gpu_s", "peak_memory_mb", "started_at"):
+            for key in ("status", "error", "tasks_done", "num_tasks", *_SUMMARIES, "started_at"):
                 if key in previous:
                     self._row[key] = previous[key]
+            self._row["started_at"] = _as_utc(self._row["started_at"])
+            if coordinates is None:
+                for key in _COORDINATE_KEYS:
+                    self._row[key] = previous.get(key)
             for key, value in provided.items():
                 if value is None and previous.get(key) is not None:
                     self._row[key] = previous[key]
@@ -280,10 +305,11 @@ class RunWriter:
             self._check_result(earlier)
         ids_and_run = {**self._ids, "run_id": self.run_id}
         acc_rows, cal_rows, task_rows = [], [], []
+        matrix = stack_accuracy_rows([r.accuracy_row for r in history])
         for res in history:
             acc_rows.extend(_accuracy_rows(ids_and_run, res))
             cal_rows.extend(_calibration_rows(ids_and_run, res))
-            task_rows.append(_task_row(ids_and_run, res))
+            task_rows.append(_task_row(ids_and_run, res, average_forgetting(matrix, res.task)))
         # Calibration and accuracy first, then tasks, then the run row: a task row therefore implies its
         # matrix row, and a run row's tasks_done never exceeds the task rows written.
         if cal_rows:
@@ -297,13 +323,17 @@ class RunWriter:
         def mean_of(attr: str) -> float:
             return _nanmean([_float(getattr(r.phndd, attr)) for r in history if r.phndd is not None])
 
+        forgetting = [row["forgetting"] for row in task_rows]
+
         t = result.task
         totals = [r.timings["total"] for r in history if "total" in r.timings]
         peaks = [v for v in (_float(r.peak_memory_mb) for r in history) if not math.isnan(v)]
         self._row.update({
             "status": "finished" if t == result.num_tasks - 1 else "running", "error": None,
             "tasks_done": t + 1, "num_tasks": result.num_tasks, "avg_acc": _float(result.avg_acc),
-            "last_acc": _float(result.last_acc), "bwt": _float(result.bwt), "ece": _float(result.ece),
+            "last_acc": _float(result.last_acc), "bwt": _float(result.bwt), "forgetting": forgetting[-1],
+            "fwt": _nanmean([row["next_task_acc"] - row["next_task_zero_shot_acc"] for row in task_rows]),
+            "ece": _float(result.ece),
             "ece_per_batch": _float(result.ece_per_batch), "phndd_auroc": mean_of("auroc"),
             "phndd_aupr": mean_of("aupr"), "phndd_fpr95": mean_of("fpr95"),
             "phndd_fpr95_at_least": mean_of("fpr95_at_least"),
@@ -393,12 +423,15 @@ def _calibration_rows(ids_and_run: Mapping[str, Any], result: TaskResult) -> lis
              "accuracy": bins.accuracy[k]} for k in range(len(bins.bin))]
 
 
-def _task_row(ids_and_run: Mapping[str, Any], result: TaskResult) -> dict[str, Any]:
+def _task_row(ids_and_run: Mapping[str, Any], result: TaskResult, forgetting: float) -> dict[str, Any]:
     """The ``tasks`` row of one result: every fixed column; loss or timing keys outside the fixed lists go
-    into ``other_metrics`` (JSON), so the table keeps one schema."""
+    into ``other_metrics`` (JSON), so the table keeps one schema. ``forgetting``: F_t from the run's matrix."""
     phndd = result.phndd
     row = {**ids_and_run, "task": result.task, "num_tasks": result.num_tasks, "last_acc": _float(result.last_acc),
-           "avg_acc": _float(result.avg_acc), "bwt": _float(result.bwt), "ece": _float(result.ece),
+           "avg_acc": _float(result.avg_acc), "bwt": _float(result.bwt), "forgetting": _float(forgetting),
+           "next_task_acc": _float(result.extra.get("next_task_acc")),
+           "next_task_zero_shot_acc": _float(result.extra.get("next_task_zero_shot_acc")),
+           "ece": _float(result.ece),
            "ece_per_batch": _float(result.ece_per_batch),
            "phndd_auroc": _float(phndd.auroc) if phndd else math.nan,
            "phndd_aupr": _float(phndd.aupr) if phndd else math.nan,

@@ -10,6 +10,8 @@ Layers, from the YAML to Ray:
 * :mod:`~clapray.sweep.driver` — the Ray Tune run; :mod:`~clapray.sweep.search` — one Optuna search and one
   ASHA per cell; :mod:`~clapray.sweep.trial` — a trial as a Ray Train ``TorchTrainer`` running the learner;
   :mod:`~clapray.sweep.callbacks` — progress lines and trial outcomes in the store;
+  :mod:`~clapray.sweep.progress` — k/N trials, elapsed, ETA, short parameters, heartbeats read from the
+  store; :mod:`~clapray.sweep.console` — Ray's and Optuna's start-up noise filtered (unless ``--verbose``);
   :mod:`~clapray.sweep.spec` — the frozen dataclasses that cross the Ray boundary;
   :mod:`~clapray.sweep.resolved` — the resolved sweep saved in the store, a changed sweep refused;
   :mod:`~clapray.sweep.recovery` — the store reconciled with Ray Tune's state (restore, quarantine).

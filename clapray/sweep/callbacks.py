@@ -1,9 +1,11 @@
 """Ray Tune callbacks of a sweep: readable progress lines, and trial outcomes recorded in the store.
 
-Ray's own progress tables are off (``verbose=0``); instead one line per finished task and per finished
-trial, each ending with its cell's counts (done, running, pending, stopped, failed) and the best final
-metric of the cell's complete trials so far, and one line per cell when the sweep ends. The counts come
-from Ray Tune's list of all trials, so a resumed sweep counts the trials finished before it too.
+Ray's own progress tables are off (``verbose=0``); instead one line per finished task and per ended
+trial, and heartbeats of running trials, each naming the trial's sampled parameters and ending with its
+cell's counts (done, running, pending, stopped, failed), the best final metric of the cell's complete
+trials so far and the sweep's ``k/N trials, elapsed, ETA``; a failed trial's line gives its reason and its
+log; one line per cell when the sweep ends. The counts come from Ray Tune's list of all trials, so a
+resumed sweep counts the trials finished before it too.
 Ray Tune's own loggers (CSV, JSON, TensorBoard) stay on: ``tensorboard --logdir <storage>/<sweep>``.
 """
 
@@ -16,7 +18,16 @@ from dataclasses import dataclass
 
 from ray.tune import Callback
 
-from clapray.sweep.spec import TrialIdentity, TrialSpec, trial_run_config
+from clapray.progress import progress_path
+from clapray.sweep.progress import (
+    HeartbeatPoller,
+    SweepClock,
+    SweepPlan,
+    TrialProgress,
+    failure_reason,
+    short_params,
+)
+from clapray.sweep.spec import TrialIdentity, TrialSpec, run_id_for, trial_run_config
 
 # The states a trial is counted in, in the order the progress lines give them.
 TRIAL_STATES = ("done", "running", "pending", "stopped", "failed")
@@ -74,10 +85,35 @@ def progress_lines(states: Iterable[TrialState], metric: str, mode: str) -> list
 
 
 class ProgressPrinter(Callback):
-    def __init__(self, sweep, num_tasks: dict[str, int], out=None):
-        self.metric, self.mode = sweep.search.metric, sweep.search.mode
-        self.num_tasks = num_tasks
+    """The sweep's console: one line per finished task, per ended trial, and a heartbeat of each running
+    trial at most every ``$CLAPRAY_HEARTBEAT_S`` seconds (module :mod:`clapray.sweep.progress`).
+
+    Every trial line starts with the cell, trial id, seed and the sampled parameters, and ends with the
+    cell's counts and ``| k/N trials, elapsed, ETA``. Heartbeats come from ``<store>/_progress/`` (written by
+    the trial's rank 0, see :mod:`clapray.progress`), polled from Ray Tune's controller loop.
+    """
+
+    def __init__(self, plan: SweepPlan, *, store: str | None = None, out=None):
+        self.plan = plan
+        self.metric, self.mode = plan.metric, plan.mode
+        self.num_tasks = plan.num_tasks
+        self.store = store
         self.out = out or sys.stdout
+        self._start_clocks()
+
+    def _start_clocks(self) -> None:
+        self.clock = SweepClock(self.plan)
+        store = self.store
+        self.heartbeats = (HeartbeatPoller(lambda trial_id: progress_path(store, run_id_for(trial_id)))
+                           if store is not None else None)
+
+    def __getstate__(self) -> dict:
+        # Ray Tune pickles the callbacks with the experiment (and a restored sweep unpickles them): keep the
+        # plan and the store, not the console stream or this process's clocks.
+        return {"plan": self.plan, "store": self.store}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["plan"], store=state["store"])
 
     def _print(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -96,17 +132,33 @@ class ProgressPrinter(Callback):
                 out.append(classify_trial(t.status, t.last_result, self.num_tasks.get(cell, 0), self.metric, cell))
         return out
 
-    def _summary(self, trials, cell: str, override=None) -> str:
-        return cell_summary(self._states(trials, override), cell, self.metric, self.mode)
+    def _line(self, trials, trial, what: str, override=None) -> str:
+        """``cell  trial  seed s  params  <what>  [cell counts]  | k/N trials, elapsed, ETA``."""
+        config = trial.config
+        states = self._states(trials, override)
+        progress = [TrialProgress(st.cell, st.state, int((t.last_result or {}).get("tasks_done", 0)))
+                    for st, t in zip(states, (t for t in trials if t.config.get("cell") is not None), strict=True)]
+        params = short_params(config.get("params"))
+        head = f"{config['cell']}  {trial.trial_id}  seed {config['seed']}" + (f"  {params}" if params else "")
+        summary = cell_summary(states, config["cell"], self.metric, self.mode)
+        return f"{head}  {what}  {summary}  | {self.clock.line(progress)}"
+
+    def on_step_begin(self, iteration, trials, **info):
+        if self.heartbeats is None:
+            return
+        running = {t.trial_id: t for t in trials if t.status == "RUNNING" and t.config.get("cell") is not None}
+        for trial_id, beat in self.heartbeats.poll(running):
+            self._print(self._line(trials, running[trial_id], f"... {beat.describe()}"))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if "tasks_done" not in result or result.get("diverged"):
             return
+        self.clock.task_finished()
         cell = trial.config["cell"]
         running = (trial, TrialState(cell, "running"))
-        self._print(f"{cell}  {trial.trial_id}  seed {trial.config['seed']}  task {result['tasks_done']}/"
-                    f"{self.num_tasks[cell]}  acc {result.get('last_acc', float('nan')):6.2f}  "
-                    f"avg {result.get('avg_acc', float('nan')):6.2f}  {self._summary(trials, cell, running)}")
+        what = (f"task {result['tasks_done']}/{self.num_tasks[cell]}  acc {result.get('last_acc', float('nan')):6.2f}  "
+                f"avg {result.get('avg_acc', float('nan')):6.2f}")
+        self._print(self._line(trials, trial, what, running))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         cell = trial.config["cell"]
@@ -114,12 +166,14 @@ class ProgressPrinter(Callback):
         state = classify_trial("TERMINATED", result, self.num_tasks[cell], self.metric, cell)
         what = {"done": "finished", "failed": "diverged"}.get(
             state.state, f"stopped after task {result.get('tasks_done', 0)}")
-        self._print(f"{cell}  {trial.trial_id}  {what}  {self._summary(trials, cell, (trial, state))}")
+        self._print(self._line(trials, trial, what, (trial, state)))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         cell = trial.config["cell"]
-        failed = (trial, TrialState(cell, "failed"))
-        self._print(f"{cell}  {trial.trial_id}  failed  {self._summary(trials, cell, failed)}")
+        done = int((trial.last_result or {}).get("tasks_done", 0))
+        what = (f"FAILED after task {done}/{self.num_tasks[cell]}: {failure_reason(trial.error_file)} "
+                f"(full log: {error_log(trial)})")
+        self._print(self._line(trials, trial, what, (trial, TrialState(cell, "failed"))))
 
     def on_experiment_end(self, trials, **info):
         for line in progress_lines(self._states(trials), self.metric, self.mode):
@@ -174,6 +228,15 @@ class StoreStatusCallback(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._record(trial, "its failure", lambda: self._mark(trial, "error", last_error_line(trial)))
+
+
+def error_log(trial) -> str:
+    """Where a failed trial's full traceback is kept: Ray Tune's ``error.txt`` in the trial's folder of the
+    store (Tune copies it there from its local staging folder, where :func:`failure_reason` reads it)."""
+    path = getattr(trial, "path", None)
+    if path:
+        return f"{str(path).rstrip('/')}/error.txt"
+    return str(trial.error_file or "none")
 
 
 def last_error_line(trial) -> str:

@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--storage", help="override the YAML's storage (local path or s3://bucket/prefix)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a sweep field, e.g. --set search.trials_per_cell=2")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Ray's and Optuna's own output (worker logs, start-up notices) on the console")
     return parser
 
 
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         check_resources(sweep, address=None)  # before a local Ray starts; a cluster is checked once connected
     from clapray.sweep.driver import run_sweep
 
-    grid = run_sweep(sweep, address=args.address)
+    grid = run_sweep(sweep, address=args.address, verbose=args.verbose)
     return 0 if not grid.errors else 1
 
 

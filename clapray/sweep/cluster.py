@@ -95,9 +95,10 @@ def prefer_loopback() -> None:
         constants.ENABLE_RAY_CLUSTER = False
 
 
-def start_local_ray() -> None:
+def start_local_ray(*, verbose: bool = False) -> Any:
     """Start a private Ray on this machine (never attach to another), bound to 127.0.0.1, with token
-    authentication (Ray's default for a local cluster) so other users of the machine cannot use it either."""
+    authentication (Ray's default for a local cluster) so other users of the machine cannot use it either.
+    Returns Ray's context; ``verbose`` forwards the workers' output to this console."""
     prefer_loopback()
     if "RAY_AUTH_MODE" not in os.environ and not _token_configured():
         # Ray would generate a token and save it to ~/.ray/auth_token; an ephemeral one in the environment
@@ -106,8 +107,8 @@ def start_local_ray() -> None:
     import ray
 
     try:
-        ray.init(address="local", resources={TRAIN_DRIVER: LOCAL_TRAIN_DRIVER_SLOTS}, log_to_driver=False,
-                 include_dashboard=None, dashboard_host="127.0.0.1")
+        context = ray.init(address="local", resources={TRAIN_DRIVER: LOCAL_TRAIN_DRIVER_SLOTS},
+                           log_to_driver=verbose, include_dashboard=None, dashboard_host="127.0.0.1")
     except OSError as err:  # e.g. a RAY_TMPDIR too deep for Ray's socket paths, a full disk
         raise UserError(f"cannot start a local Ray: {_first_line(err)}") from None
     node_ip = ray.util.get_node_ip_address()
@@ -115,6 +116,7 @@ def start_local_ray() -> None:
         ray.shutdown()
         raise RuntimeError(f"the local Ray bound {node_ip} instead of 127.0.0.1; refusing to run a sweep that other "
                            "machines could reach")
+    return context
 
 
 def _token_configured() -> bool:
@@ -140,9 +142,10 @@ def local_node() -> NodeKind:
 # An existing cluster
 
 
-def connect(address: str, *, timeout_s: float = CONNECT_TIMEOUT_S) -> str:
+def connect(address: str, *, timeout_s: float = CONNECT_TIMEOUT_S, verbose: bool = False) -> Any:
     """``ray.init`` on the cluster at ``address`` (``host:port`` or ``auto``); a one-line UserError, within
-    about ``timeout_s`` + :data:`TCP_TIMEOUT_S` seconds, when it cannot be used. Returns the GCS address."""
+    about ``timeout_s`` + :data:`TCP_TIMEOUT_S` seconds, when it cannot be used. Returns Ray's context
+    (``verbose`` forwards the workers' output to this console)."""
     import ray
     from ray._private import services
 
@@ -166,16 +169,17 @@ def connect(address: str, *, timeout_s: float = CONNECT_TIMEOUT_S) -> str:
         socket.create_connection((host.strip("[]"), int(port)), timeout=TCP_TIMEOUT_S).close()
     except (OSError, ValueError) as err:
         raise UserError(f"{label}: nothing answers at {target} ({_first_line(err)}); is the cluster up?") from None
+    context = None
     with _native_stderr_silenced():
         problem = _gcs_problem(target, timeout_s)
         if problem is None:
             try:
-                ray.init(address=target, log_to_driver=False)
+                context = ray.init(address=target, log_to_driver=verbose)
             except Exception as err:  # noqa: BLE001 - every failure to attach is reported in one line
                 problem = TOKEN_HINT if _is_auth_error(err) else f"cannot attach to {target}: {_first_line(err)}"
     if problem is not None:
         raise UserError(f"{label}: {problem}")
-    return target
+    return context
 
 
 def _gcs_problem(target: str, timeout_s: float) -> str | None:

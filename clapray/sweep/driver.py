@@ -83,21 +83,29 @@ def _share_features(sweep: SweepConfig, store_root: str, out) -> dict[str, list[
             groups.setdefault(feature_group(cfg), cfg)
     if not groups:
         return {}
+    from clapray.progress import progress_path
+    from clapray.sweep.progress import wait_with_heartbeats
+
     res = sweep.resources
     task = ray.remote(num_cpus=res.cpus_per_worker, num_gpus=res.gpus_per_worker, num_returns=2)(build_shareable)
     refs, built = {}, {}
     start = time.perf_counter()
-    for group, cfg in groups.items():
-        refs[group], built[group] = task.remote(cfg, store_root)
-    done = ray.get(list(built.values()))
+    print(f"feature cache: loading or encoding {len(groups)} entr{'y' if len(groups) == 1 else 'ies'} of frozen image "
+          f"embeddings (once per sweep) ...", file=out, flush=True)
+    heartbeats = [progress_path(sweep_root(sweep), f"feature-cache-{i}") for i in range(len(groups))]
+    for (group, cfg), heartbeat in zip(groups.items(), heartbeats, strict=True):
+        refs[group], built[group] = task.remote(cfg, store_root, heartbeat)
+    done = wait_with_heartbeats(list(built.values()), heartbeats,
+                                lambda line: print(line, file=out, flush=True), "feature cache: ")
     print(f"feature cache: {len(groups)} entr{'y' if len(groups) == 1 else 'ies'} ({sum(done)} encoded, "
           f"{len(done) - sum(done)} loaded) in {time.perf_counter() - start:.1f}s; shared with every trial that "
           f"keeps the image tower frozen", file=out)
     return {group: [ref] for group, ref in refs.items()}
 
 
-def run_sweep(sweep: SweepConfig, *, address: str | None = None, out=None) -> Any:
-    """Run (or resume) ``sweep``; returns Ray Tune's ResultGrid.
+def run_sweep(sweep: SweepConfig, *, address: str | None = None, out=None, verbose: bool = False) -> Any:
+    """Run (or resume) ``sweep``; returns Ray Tune's ResultGrid. ``verbose`` keeps Ray's and Optuna's own
+    console output (:mod:`clapray.sweep.console`).
 
     Before anything is written: a changed sweep is refused (:mod:`clapray.sweep.resolved`) and the store's
     lease is taken (:mod:`clapray.results.lease`; a second driver is refused). A resumed sweep's store is
@@ -105,6 +113,7 @@ def run_sweep(sweep: SweepConfig, *, address: str | None = None, out=None) -> An
     (:mod:`clapray.sweep.recovery`).
     """
     from clapray.results.lease import held_lease
+    from clapray.sweep.console import quiet_console
     from clapray.sweep.resolved import check_same_sweep, save_sweep
 
     out = out or sys.stdout
@@ -112,12 +121,13 @@ def run_sweep(sweep: SweepConfig, *, address: str | None = None, out=None) -> An
     check_same_sweep(sweep, root)  # read-only: a refusal leaves the store as it was
     num_tasks = cell_task_counts(sweep)
     _prepare_pretrained_backbones(sweep)
-    with held_lease(root) as lease:
+    with held_lease(root) as lease, quiet_console(verbose):
         if not check_same_sweep(sweep, root):  # again under the lease: another driver may have saved one
             save_sweep(sweep, root)
-        grid = _run_tuner(sweep, root, num_tasks, address=address, out=out)
+        grid = _run_tuner(sweep, root, num_tasks, address=address, out=out, verbose=verbose)
         if lease.lost_to is None:
             _reconcile_after(sweep, root, num_tasks, out)
+    print(f"report: python -m clapray.report {root}", file=out, flush=True)
     return grid
 
 
@@ -128,14 +138,17 @@ def _trial_spec(sweep: SweepConfig, root: str) -> TrialSpec:
                      cpus_per_worker=res.cpus_per_worker, retries=sweep.retries)
 
 
-def _run_tuner(sweep: SweepConfig, root: str, num_tasks: dict[str, int], *, address: str | None, out) -> Any:
+def _run_tuner(sweep: SweepConfig, root: str, num_tasks: dict[str, int], *, address: str | None, out,
+               verbose: bool = False) -> Any:
     configure_ray_environment()
     import ray
     import ray.tune
 
     from clapray.sweep.callbacks import ProgressPrinter, StoreStatusCallback
     from clapray.sweep.cluster import cluster_nodes, connect, plan_trials, start_local_ray
+    from clapray.sweep.console import ray_started_line
     from clapray.sweep.preflight import footprint
+    from clapray.sweep.progress import SweepPlan
     from clapray.sweep.recovery import reconcile, trials_from_experiment
     from clapray.sweep.search import CellSearch, PerCellASHA
     from clapray.sweep.studies import StudyJournal
@@ -154,7 +167,8 @@ def _run_tuner(sweep: SweepConfig, root: str, num_tasks: dict[str, int], *, addr
     if not ray.is_initialized():
         # A private Ray on 127.0.0.1 (its trial drivers on a logical resource, so they never compete with the
         # Train workers for CPUs), or the cluster at --address, which fails within a minute when unusable.
-        connect(address) if address else start_local_ray()
+        context = connect(address, verbose=verbose) if address else start_local_ray(verbose=verbose)
+        print(ray_started_line(context, address), file=out, flush=True)
     placement = plan_trials(footprint(sweep), cluster_nodes(), max_concurrent_trials=res.max_concurrent_trials,
                             where=f"the cluster at {address}" if address else "this machine")
     if placement.note:
@@ -162,7 +176,8 @@ def _run_tuner(sweep: SweepConfig, root: str, num_tasks: dict[str, int], *, addr
     feature_refs = _share_features(sweep, spec.feature_store, out)
     trainable = ray.tune.with_resources(ray.tune.with_parameters(trial_driver, feature_refs=feature_refs),
                                         dict(placement.driver_resources))
-    callbacks = [ProgressPrinter(sweep, num_tasks, out=out), StoreStatusCallback(spec, num_tasks)]
+    callbacks = [ProgressPrinter(SweepPlan.of(sweep, num_tasks), store=root, out=out),
+                 StoreStatusCallback(spec, num_tasks)]
     tune_run_config = ray.tune.RunConfig(
         name=sweep.name, storage_path=sweep.storage_path(), verbose=0, callbacks=callbacks,
         failure_config=ray.tune.FailureConfig(max_failures=sweep.retries))

@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
-from clapray.sweep.fields import axis_conditions_hold
+from clapray.sweep.fields import axis_conditions_hold, plain
 from clapray.sweep.model import Distribution, SweepConfig
 from clapray.sweep.studies import StudyJournal, study_name
 
@@ -164,6 +164,7 @@ class CellSearch(Searcher):
         self.trial_configuration[trial_id] = (conf.key, seed)
         run_config = self.sweep.run_config_for(cell, conf.params, seed)
         return {"cell": cell, "configuration": conf.key, "seed": seed, "params": conf.params,
+                "grid": {axis: plain(value) for axis, value in self.sweep.cell(cell).axes.items()},
                 "run": run_config.to_dict()}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:

@@ -12,12 +12,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from clapray.config import RunConfig
 from clapray.results import RunWriter
-from clapray.task_result import RunProvenance
+from clapray.task_result import RunProvenance, SweepCoordinates
 from clapray.typed_config import from_mapping
 
 
@@ -53,23 +53,29 @@ class TrialSpec:
 
 @dataclass(frozen=True)
 class TrialIdentity:
-    """A trial's place in the results store: ``run_id`` names its files, the rest are id columns."""
+    """A trial's place in the results store: ``run_id`` names its files, the rest are id columns, and
+    ``coordinates`` its cell's grid values and sampled values (runs columns ``setting``, ``grid``,
+    ``sampled``; None for a trial suggested before the searcher recorded them, which keeps the stored ones)."""
 
     sweep: str
     cell: str
     trial_id: str
     seed: int
     configuration: str
+    coordinates: SweepCoordinates | None = field(default=None, compare=False)
 
     @classmethod
     def of(cls, sweep: str, trial_id: str, config: Mapping[str, Any]) -> TrialIdentity:
         """The identity of Ray Tune trial ``trial_id`` whose searcher suggestion is ``config``."""
+        grid = config.get("grid")
+        coordinates = (SweepCoordinates.of(dict(grid), dict(config.get("params") or {}))
+                       if grid is not None else None)
         return cls(sweep=sweep, cell=str(config["cell"]), trial_id=str(trial_id), seed=int(config["seed"]),
-                   configuration=str(config["configuration"]))
+                   configuration=str(config["configuration"]), coordinates=coordinates)
 
     @property
     def run_id(self) -> str:
-        return f"trial-{self.trial_id}"
+        return run_id_for(self.trial_id)
 
     def ids(self) -> dict[str, Any]:
         """The id columns of every row the trial writes, in store order."""
@@ -79,7 +85,13 @@ class TrialIdentity:
     def open_writer(self, store: str, cfg: RunConfig, provenance: RunProvenance | None = None) -> RunWriter:
         """The trial's run writer: the one way a sweep writes a trial's rows. Without ``provenance`` (the
         driver recording a stopped or failed trial) the store's values are kept."""
-        return RunWriter(store, self.run_id, cfg, ids=self.ids(), provenance=provenance)
+        return RunWriter(store, self.run_id, cfg, ids=self.ids(), provenance=provenance,
+                         coordinates=self.coordinates)
+
+
+def run_id_for(trial_id: str) -> str:
+    """The run id (store file name, heartbeat file name) of Ray Tune trial ``trial_id``."""
+    return f"trial-{trial_id}"
 
 
 def trial_run_config(config: Mapping[str, Any], trial_id: str) -> RunConfig:

@@ -33,11 +33,13 @@ import ray.train.torch
 import ray.tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from clapray.progress import FileSink, Throttled, progress_path
 from clapray.sweep.recovery import PROVENANCE_FILE
 from clapray.sweep.spec import TrialIdentity, TrialSpec, WorkerPlan, trial_run_config
 
 # Fault injection for tests and drills: "TASK:MARKER" makes the worker raise right after finishing task
-# TASK, once (the marker file records that it happened), e.g. CLAPRAY_FAIL_AFTER_TASK=2:/tmp/failed-once.
+# TASK, once (the marker file records that it happened), e.g. CLAPRAY_FAIL_AFTER_TASK=2:/tmp/failed-once;
+# "TASK:MARKER:SEED" only in the trials of init seed SEED.
 FAIL_AFTER_TASK_ENV = "CLAPRAY_FAIL_AFTER_TASK"
 
 
@@ -45,11 +47,14 @@ class InjectedFailure(RuntimeError):
     """Raised once by :func:`maybe_inject_failure` to exercise retries."""
 
 
-def maybe_inject_failure(task: int, trial_key: str) -> None:
+def maybe_inject_failure(task: int, trial_key: str, seed: int | None = None) -> None:
     spec = os.environ.get(FAIL_AFTER_TASK_ENV)
     if not spec:
         return
-    at, _, marker_dir = spec.partition(":")
+    at, _, rest = spec.partition(":")
+    marker_dir, _, only_seed = rest.partition(":")
+    if only_seed and seed != int(only_seed):
+        return
     marker = Path(marker_dir) / f"failed-{trial_key}"
     if int(at) == task and not marker.exists():
         marker.parent.mkdir(parents=True, exist_ok=True)
@@ -95,6 +100,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as folder:
             learner.load(Path(folder) / "learner.pt")
     writer = identity.open_writer(spec.store, cfg, learner.provenance()) if rank == 0 else None
+    if rank == 0:
+        # Heartbeats inside each task, for the driver's console (it may run on another node).
+        learner.progress = Throttled(FileSink(progress_path(spec.store, identity.run_id)), learner.num_tasks)
     if learner.num_tasks and learner.tasks_done == learner.num_tasks:
         report_completed_run(learner, writer)
         return
@@ -124,7 +132,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                 report_checkpoint = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(task_metrics(result, learner.num_tasks), checkpoint=report_checkpoint,
                              checkpoint_dir_name=f"task_{task:03d}")
-        maybe_inject_failure(task, identity.run_id)
+        maybe_inject_failure(task, identity.run_id, identity.seed)
 
 
 def report_completed_run(learner, writer) -> None:

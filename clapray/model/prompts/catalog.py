@@ -46,6 +46,8 @@ class VariantSpec:
         adapter_layer_norm: each adapter head (mean and standard deviation) is LayerNorm(d) -> Linear, two
             LayerNorms per pair (CoOp, MaPLe, CoCoOp; the deterministic head, mean only, always has one,
             §3.2, §14).
+        prompt_options: the ``method.prompt`` fields the variant reads; the others mean nothing to it (the
+            results store keeps them as null in its runs, :meth:`clapray.config.RunConfig.unused_fields`).
     """
 
     name: str
@@ -63,6 +65,7 @@ class VariantSpec:
     vga_heads: int | None = None
     vga_heads_deterministic: int | None = None
     adapter_layer_norm: bool = False
+    prompt_options: tuple[str, ...] = ()
 
     def default_vga_heads(self, dim: int, deterministic: bool) -> int:
         """The official head count at embedding width ``dim`` (d / 64 where the declared count does not
@@ -94,21 +97,25 @@ VARIANTS: Mapping[str, VariantSpec] = _catalogue(
     VariantSpec(
         name="coop", label="CoOp", module="coop",
         summary="shared context of n_ctx text tokens, through the frozen text tower; + VGA + adapters",
-        trains_in_consolidation=True, adapter_layer_norm=True),
+        trains_in_consolidation=True, adapter_layer_norm=True, prompt_options=("n_ctx", "coop_raw_class_names")),
     VariantSpec(
         name="maple", label="MaPLe", module="maple",
         summary="shallow + deep text prompts coupled into the image tower (both towers prompted); + VGA + adapters",
-        image_tower_frozen=False, trains_in_consolidation=True, adapter_layer_norm=True),
+        image_tower_frozen=False, trains_in_consolidation=True, adapter_layer_norm=True,
+        prompt_options=("maple_depth", "maple_length", "maple_official_untrained", "maple_unnormalised_eval_text")),
     VariantSpec(
         name="attriclip", label="AttriCLIP", module="attriclip",
         summary="attribute bank (keys + prompts) chosen top-k per image, task tokens in VGA; + adapters",
         image_conditioned=True, uses_task_tokens=True, trains_in_consolidation=True,
         vga_trains_in_consolidation=True, task_tokens_train_in_consolidation=True, vga_heads=8,
-        vga_heads_deterministic=8),
+        vga_heads_deterministic=8,
+        prompt_options=("attriclip_bank_size", "attriclip_prompt_length", "attriclip_top_k",
+                        "attriclip_ortho_weight", "attriclip_match_weight")),
     VariantSpec(
         name="cocoop", label="CoCoOp", module="cocoop",
         summary="CoOp context + meta-net conditioning it on each image; per-image VGA queries; + adapters",
-        image_conditioned=True, per_image_queries=True, trains_in_consolidation=True, adapter_layer_norm=True),
+        image_conditioned=True, per_image_queries=True, trains_in_consolidation=True, adapter_layer_norm=True,
+        prompt_options=("n_ctx", "cocoop_reduction", "coop_raw_class_names")),
     VariantSpec(
         name="zeroshot", label="Continual-CLIP (zero-shot)", module="zeroshot",
         summary="nothing: frozen CLIP with template-ensemble text features (Continual-CLIP)",

@@ -103,7 +103,9 @@ def test_quickstart_sweep_is_small_and_runs_on_cpu():
     sweep = load_sweep_config(ROOT / "sweeps" / "quickstart.yaml")
     assert [c.name for c in sweep.cells()] == ["setting=zero_shot", "setting=standard", "setting=replay_free"]
     assert [sweep.trials_for(c) for c in sweep.cells()] == [1, 2, 2]
-    assert sweep.seeds == (0,) and sweep.trial_count() == 5
+    # Every configuration over three seeds, each another class order: numbers with an error bar.
+    assert sweep.seeds == (0, 1, 2) and sweep.seed_fields == ("seeds.init", "seeds.class_order")
+    assert sweep.trial_count() == 15
     assert sweep.base.device == "cpu" and sweep.base.data.dataset == "shapes_cl"
     assert sweep.base.backbone.pretrained == "clapray-shapes"
     assert [sweep.cell_config(c).method.variant for c in sweep.cells()] == ["zeroshot", "handcrafted", "handcrafted"]

@@ -12,7 +12,7 @@ from ``method.deterministic``; ``-`` for the zero-shot baseline), ``setting`` (`
 ``replay-free``, ``budget N``, ``replay-free, budget N`` from the ``budget.*`` fields; the store's own
 ``setting`` column, a sweep's preset name, becomes ``setting_preset``), ``seed`` (the
 sweep's id column, else ``seeds.init``), ``cell`` (the sweep's cell, else one per variant, inference,
-benchmark and setting), ``configuration`` (the sweep's id, else a hash of every config field but the seed)
+benchmark and setting), ``configuration`` (the sweep's id, else a hash of every config field but the seeds)
 and ``config_key`` (store and configuration: trials differing only in their seed share it).
 """
 
@@ -39,8 +39,9 @@ COMPLETE = "complete"
 INCOMPLETE_STATES = ("running", "stopped", "error", "missing tasks")
 
 # Config fields that never distinguish configurations: identity, where outputs go, host details.
-NON_KNOBS = frozenset({"name", "output_dir", "seeds.init", "device", "data.root", "data.download",
-                       "data.num_workers", "backbone.cache_dir", "data.shapes.cache"})
+# The class order counts as a seed, as in the paper's repeated runs (a sweep's `seed_fields` may set it).
+NON_KNOBS = frozenset({"name", "output_dir", "seeds.init", "seeds.class_order", "device", "data.root",
+                       "data.download", "data.num_workers", "backbone.cache_dir", "data.shapes.cache"})
 
 _READ_ATTEMPTS = 3
 

@@ -53,7 +53,8 @@ SWEEP_ID_COLUMNS: tuple[Column, ...] = (
     C("cell", _STR, "", "the grid cell, `axis=value` per grid axis joined by commas; the same coordinates are "
       "columns of `runs` (`setting`, the config fields, `grid`)"),
     C("trial_id", _STR, "", "Ray Tune's trial id"),
-    C("seed", _I64, "", "the init seed of the trial (`seeds.init`)"),
+    C("seed", _I64, "", "the trial's seed: it sets `seeds.init`, and `seeds.class_order` too when the sweep's "
+      "`seed_fields` lists it"),
     C("configuration", _STR, "", "the sampled configuration, `<cell>#<index>`: trials differing only in their "
       "seed share it (group by it, or by `cell` and the sampled fields, to aggregate over seeds)"),
 )

@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.storage is not None:
         storage_label = "--storage"
         try:  # the YAML's storage rules, for the flag too
-            SweepOptions(name=sweep.name, seeds=sweep.seeds, retries=sweep.retries, storage=args.storage)
+            SweepOptions(name=sweep.name, seeds=sweep.seeds, seed_fields=sweep.seed_fields, retries=sweep.retries,
+                         storage=args.storage)
         except ConfigError as err:
             raise UserError(f"--storage: expected {err.expected}, got {err.got_text}") from None
         sweep = replace(sweep, storage=args.storage)

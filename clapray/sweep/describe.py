@@ -25,8 +25,9 @@ def describe(sweep: SweepConfig) -> str:
         f"{search.metric}, {budget}")
     row("studies", f"one Optuna study per cell in {sweep.storage.rstrip('/')}/{sweep.name}/optuna.journal "
         "(optuna-dashboard <that file>)")
-    row("seeds", ", ".join(map(str, sweep.seeds)) + f" (seeds.init; class order from seeds.class_order = "
-        f"{sweep.base.seeds.class_order})")
+    fixed = "" if "seeds.class_order" in sweep.seed_fields else (
+        f"; class order fixed by seeds.class_order = {sweep.base.seeds.class_order}")
+    row("seeds", ", ".join(map(str, sweep.seeds)) + f" (each sets {' and '.join(sweep.seed_fields)}{fixed})")
     if sweep.scheduler is None:
         row("scheduler", "none (every trial runs all its tasks)")
     else:

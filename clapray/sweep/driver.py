@@ -115,6 +115,7 @@ def run_sweep(sweep: SweepConfig, *, address: str | None = None, out=None, verbo
     from clapray.results.lease import held_lease
     from clapray.sweep.console import quiet_console
     from clapray.sweep.resolved import check_same_sweep, save_sweep
+    from clapray.sweep.summary import print_summary
 
     out = out or sys.stdout
     root = sweep_root(sweep)
@@ -127,6 +128,7 @@ def run_sweep(sweep: SweepConfig, *, address: str | None = None, out=None, verbo
         grid = _run_tuner(sweep, root, num_tasks, address=address, out=out, verbose=verbose)
         if lease.lost_to is None:
             _reconcile_after(sweep, root, num_tasks, out)
+            print_summary(root, out)
     print(f"report: python -m clapray.report {root}", file=out, flush=True)
     return grid
 

@@ -75,7 +75,7 @@ from clapray.sweep.runs_check import check_sweep_runs
 from clapray.sweep.space import DISTRIBUTION_KINDS, DISTRIBUTION_OPTIONS, SearchSpaceLoading
 from clapray.typed_config import from_mapping, load_yaml_mapping, parse_override
 
-TOP_LEVEL_KEYS = ("name", "base", "set", "grid", "settings", "search", "seeds", "scheduler", "resources",
+TOP_LEVEL_KEYS = ("name", "base", "set", "grid", "settings", "search", "seeds", "seed_fields", "scheduler", "resources",
                    "retries", "storage")
 
 
@@ -139,8 +139,8 @@ class SweepLoader(SearchSpaceLoading):
         for key in ("name", "base"):
             if key not in data:
                 raise self.fail(key, "a value (the field is required)", None, got_text="nothing")
-        options = from_mapping(SweepOptions, {k: data[k] for k in ("name", "seeds", "retries", "storage")
-                                               if k in data}, self.source)
+        options = from_mapping(SweepOptions, {k: data[k] for k in ("name", "seeds", "seed_fields", "retries",
+                                                                    "storage") if k in data}, self.source)
         self.base, self.base_source = self.load_base(data["base"])
         self.set_overrides = self.load_set(data.get("set"))
         self.settings = self.load_settings(data.get("settings"))
@@ -156,10 +156,27 @@ class SweepLoader(SearchSpaceLoading):
         sweep = SweepConfig(name=options.name, source=self.source, base=self.base, base_source=self.base_source,
                             set_overrides=self.set_overrides, grid=self.grid, settings=self.settings,
                             search=search, seeds=options.seeds, scheduler=scheduler, resources=resources,
-                            retries=options.retries, storage=options.storage, cell_list=tuple(cells))
+                            retries=options.retries, storage=options.storage, seed_fields=options.seed_fields,
+                            cell_list=tuple(cells))
+        self.check_seed_fields(sweep)
         self.check_budget(sweep)
         check_sweep_runs(sweep)  # every cell and sampled value against the registries, as a single run
         return sweep
+
+    def check_seed_fields(self, sweep: SweepConfig) -> None:
+        """A field the trials' seeds set is set by nothing else (it would be silently overwritten)."""
+        for name in sweep.seed_fields:
+            if name == "seeds.init":
+                continue  # refused everywhere as a managed field (clapray.sweep.fields)
+            sources = [("set", sweep.set_overrides)] + [(f"settings.{k}", v) for k, v in sweep.settings.items()
+                                                        if any(k in values for values in sweep.grid.values())]
+            sources.append(("search.space", {p.field: None for p in sweep.search.space}))
+            sources.append(("search.same_as", {s.target: None for s in sweep.search.same_as}))
+            sources.append(("grid", sweep.grid))
+            for label, fields in sources:
+                if name in fields:
+                    raise self.fail(f"{label}.{name}", f"no value: seed_fields lists {name}, so each trial's seed "
+                                    "sets it (remove it from seed_fields to set it here)", fields[name])
 
     def load_base(self, value: Any) -> tuple[RunConfig, str]:
         if isinstance(value, Mapping):

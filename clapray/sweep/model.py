@@ -54,6 +54,8 @@ DEFAULT_CELL_NAME = "base"
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
 MAX_SEEDS = 1000
+# Run fields a sweep may drive with each trial's seed (``seed_fields``).
+SEED_FIELDS = ("seeds.init", "seeds.class_order")
 S3_URI = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?\Z")
 
 
@@ -251,8 +253,12 @@ class SweepOptions(TypedConfig):
     """The scalar top-level fields, validated by the run-config machinery."""
 
     name: str = config_field("sweep", doc="sweep name: a directory name under storage")
-    seeds: tuple[int, ...] = config_field(factory=lambda: (0,), doc="init seeds (seeds.init) every configuration "
-                                    "runs with; the class order stays the base's seeds.class_order")
+    seeds: tuple[int, ...] = config_field(factory=lambda: (0,), doc="the seeds every configuration runs with; "
+                                    "each trial's seed sets the run fields named by seed_fields")
+    seed_fields: tuple[str, ...] = config_field(
+        factory=lambda: ("seeds.init",), doc="run fields a trial's seed sets: seeds.init (initialisation, MC "
+        "draws, shuffling, exemplars) and optionally seeds.class_order (the paper's repeated runs change the "
+        "class order too); a field not listed keeps the base's value")
     retries: int = config_field(2, doc="times a failed trial is resumed from its last finished task", ge=0, le=100)
     storage: str = config_field("results", doc="results and checkpoints: a local path (relative to the working "
                           "directory) or s3://bucket/prefix")
@@ -265,6 +271,10 @@ class SweepOptions(TypedConfig):
                 or len(set(self.seeds)) != len(self.seeds)):
             raise ConfigError(type(self).__name__, "seeds", f"a non-empty list of at most {MAX_SEEDS} distinct "
                               f"integers in [0, {MAX_SEED}]", list(self.seeds))
+        if (not self.seed_fields or len(set(self.seed_fields)) != len(self.seed_fields)
+                or any(f not in SEED_FIELDS for f in self.seed_fields)):
+            raise ConfigError(type(self).__name__, "seed_fields", "a non-empty list of distinct fields among "
+                              + ", ".join(SEED_FIELDS), list(self.seed_fields))
         if not self.storage.strip() or ("://" in self.storage and not S3_URI.match(self.storage)):
             raise ConfigError(type(self).__name__, "storage", "a local path or s3://bucket/prefix", self.storage)
 
@@ -292,6 +302,7 @@ class SweepConfig:
     resources: ResourcesConfig
     retries: int
     storage: str
+    seed_fields: tuple[str, ...] = ("seeds.init",)
     cell_list: tuple[Cell, ...] = dataclasses.field(repr=False, default=())
 
     # ---- cells and the trial budget
@@ -375,7 +386,8 @@ class SweepConfig:
 
         ``sampled`` maps parameter fields to drawn values; it must hold every parameter that is active
         (see :meth:`is_active`) and no name outside the space; values of inactive parameters are ignored.
-        ``seed`` becomes ``seeds.init``; ``output_dir`` (default: the base's) where the run writes.
+        ``seed`` becomes every field of ``seed_fields`` (``seeds.init``, and ``seeds.class_order`` when listed);
+        ``output_dir`` (default: the base's) where the run writes.
         Raises ``ValueError`` for a wrong ``sampled`` mapping and ``ConfigError`` for a value the run
         config rejects.
         """
@@ -390,7 +402,8 @@ class SweepConfig:
                     raise ValueError(f"parameter {p.field} is active in cell {cell.name} but was not sampled")
                 active[p.field] = sampled[p.field]
         assignments = self._trial_assignments(cell, active)
-        assignments["seeds.init"] = seed
+        for name in self.seed_fields:
+            assignments[name] = seed
         assignments["name"] = self.trial_name(cell)
         if output_dir is not None:
             assignments["output_dir"] = output_dir
@@ -425,6 +438,7 @@ class SweepConfig:
                 "start_from": [{k: plain(v) for k, v in p.values.items()} for p in self.search.start_from],
             },
             "seeds": list(self.seeds),
+            "seed_fields": list(self.seed_fields),
             "scheduler": None if self.scheduler is None else {"asha": self.scheduler.to_dict()},
             "resources": self.resources.to_dict(),
             "retries": self.retries,

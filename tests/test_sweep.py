@@ -29,8 +29,8 @@ def sweep_cli(*args: str, env: dict | None = None, timeout: int = 900) -> subpro
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
 def test_every_shipped_sweep_dry_runs(path):
-    """The plan is printed and the dry run succeeds; a sweep whose trial does not fit this machine (the GPU
-    sweeps on a CPU box) says so in a note, as its real run here would refuse."""
+    """The plan is printed and the dry run succeeds; a GPU sweep on a machine without GPUs (planned here, run
+    on a cluster) says in a note that this machine could not run it, as its real run here would refuse."""
     from clapray.sweep import load_sweep_config
     from clapray.sweep.cluster import local_node
 
@@ -41,6 +41,8 @@ def test_every_shipped_sweep_dry_runs(path):
     fits = res.cpus_per_worker <= here["CPU"] and res.gpus_per_worker <= here.get("GPU", 0.0)
     note = "note: not runnable on this machine: resources: one Ray Train worker needs"
     assert (note in proc.stdout) != fits
+    if not fits:
+        assert res.gpus_per_worker > 0 and not here.get("GPU")  # only a GPU sweep gets a note; others exit 2
 
 
 def test_bad_sweep_exits_2_with_one_line(tmp_path):

@@ -16,6 +16,7 @@ import sys
 from dataclasses import replace
 
 from clapray.errors import ConfigError, UserError, exit_on_user_error
+from clapray.sweep.cluster import local_node
 from clapray.sweep.describe import describe
 from clapray.sweep.loader import load_sweep_config, resolve_sweep_argument
 from clapray.sweep.model import SweepOptions
@@ -56,9 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     check_sweep(sweep, address=args.address, storage_label=storage_label, dry_run=args.dry_run)
     if args.dry_run:
         print(describe(sweep), flush=True)
-        if args.address is None:
-            # Without --address the target is unknown to a dry run (a GPU sweep is planned on a laptop and run
-            # on a cluster): say whether this machine could run it; the real run refuses when it cannot.
+        if args.address is None and sweep.resources.gpus_per_worker > 0 and not local_node().resources.get("GPU"):
+            # A GPU sweep dry-run on a machine without GPUs is planned here and run on a cluster: say that this
+            # machine cannot run it (its real run here exits 2). Any other trial that does not fit this machine
+            # is refused like its real run.
             try:
                 placement = check_resources(sweep, address=None)
             except UserError as err:

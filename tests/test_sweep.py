@@ -280,11 +280,11 @@ def test_a_changed_sweep_is_refused_before_anything_is_written(tmp_path):
     (store / "quickstart" / "runs" / "trial-x.parquet").write_bytes(b"rows")
     digest = {p: p.read_bytes() for p in store.rglob("*") if p.is_file()}
     proc = sweep_cli("sweeps/quickstart.yaml", "--storage", str(store), "--set", "search.trials_per_cell=4",
-                     "--set", "seeds=[0,1,2]", timeout=300)
+                     "--set", "seeds=[0,1,2,3,4]", timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     line = proc.stderr.strip()
     assert len(line.splitlines()) == 1, line
-    assert "changed: search.trials_per_cell (2 -> 4), seeds ([0] -> [0, 1, 2])" in line
+    assert "changed: search.trials_per_cell (2 -> 4), seeds ([0, 1, 2] -> [0, 1, 2, 3, 4])" in line
     assert "--set name=quickstart-2" in line
     assert {p: p.read_bytes() for p in store.rglob("*") if p.is_file()} == digest
     assert not list(store.rglob("*.lease"))

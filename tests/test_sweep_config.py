@@ -79,7 +79,7 @@ def first_values(sweep: SweepConfig, cell) -> dict[str, Any]:
 
 
 def test_sweeps_are_shipped():
-    assert {p.stem for p in SWEEP_FILES} >= {"quickstart", "ablation", "variants", "resource"}
+    assert {p.stem for p in SWEEP_FILES} >= {"quickstart", "ablation", "variants", "resource", "table3"}
 
 
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.stem)
@@ -112,6 +112,39 @@ def test_quickstart_sweep_is_small_and_runs_on_cpu():
     assert [sweep.cell_config(c).budget.replay_free for c in sweep.cells()] == [False, False, True]
     assert sweep.resources.gpus_per_worker == 0 and sweep.resources.cpus_per_worker == 1
     assert sweep.storage == "results"
+
+
+def test_table3_sweep_removes_one_component_per_cell():
+    sweep = load_sweep_config(ROOT / "sweeps" / "table3.yaml")
+    full = sweep.cell_config("setting=full")
+    assert full.method.variant == "handcrafted" and full.uses_memory and full.method.vga.enabled
+    removed = {
+        "setting=without_vga": lambda c: not c.method.vga.enabled,
+        "setting=shared_adapter": lambda c: not c.method.task_specific_adapters,
+        "setting=without_consolidation": lambda c: not c.method.consolidation.enabled,
+        "setting=without_language_aware": lambda c: c.method.kd_weight == 0 and not c.method.language_init,
+        "setting=without_vi": lambda c: c.method.deterministic,
+        "setting=replay_free": lambda c: c.budget.replay_free,
+    }
+    for name, check in removed.items():
+        cfg = sweep.cell_config(name)
+        assert check(cfg) and not check(full), name
+        # Exactly one component differs from the full method (the run fields compared as dictionaries).
+        changed = {k for k, v in _flat(cfg.to_dict()).items() if _flat(full.to_dict())[k] != v} - {"name"}
+        assert len(changed) == (2 if name == "setting=without_language_aware" else 1), (name, changed)
+    assert sweep.cell_config("setting=zero_shot").method.variant == "zeroshot"
+    assert sweep.seeds == (0, 1, 2) and sweep.seed_fields == ("seeds.init", "seeds.class_order")
+    assert not sweep.search.space and sweep.trial_count() == 8 * 3
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def test_variants_sweep_is_table_one():

@@ -56,7 +56,7 @@ def test_bad_sweep_exits_2_with_one_line(tmp_path):
 # The shipped quickstart on the tiny random-weight backbone (no pretraining) and its two CLAP cells.
 SMALL = ["set.backbone.model=clapray-tiny-vit", "set.backbone.pretrained=null", "grid.setting=[standard, replay_free]",
          "set.data.shapes.num_classes=6", "set.data.shapes.train_per_class=8", "set.data.shapes.test_per_class=4",
-         "set.data.num_tasks=3", "set.optim.batch_size=8", "search.trials_per_cell=1",
+         "set.data.num_tasks=3", "set.optim.batch_size=8", "search.trials_per_cell=1", "seeds=[0]",
          "set.method.vga.ff_dim=64"]
 
 

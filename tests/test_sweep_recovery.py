@@ -31,7 +31,7 @@ from clapray.results.lease import HEARTBEAT_ENV, LEASE_FILE
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["set.backbone.model=clapray-tiny-vit", "set.backbone.pretrained=null", "grid.setting=[standard, replay_free]",
          "set.data.shapes.num_classes=6", "set.data.shapes.train_per_class=8", "set.data.shapes.test_per_class=4",
-         "set.data.num_tasks=3", "set.optim.batch_size=8", "search.trials_per_cell=1",
+         "set.data.num_tasks=3", "set.optim.batch_size=8", "search.trials_per_cell=1", "seeds=[0]",
          "set.method.vga.ff_dim=64", "resources.max_concurrent_trials=1"]
 NUM_TASKS = 3
 HEARTBEAT_S = 2

@@ -113,23 +113,39 @@ def run_sweep(sweep: SweepConfig, *, address: str | None = None, out=None, verbo
     (:mod:`clapray.sweep.recovery`).
     """
     from clapray.results.lease import held_lease
-    from clapray.sweep.console import quiet_console
-    from clapray.sweep.resolved import check_same_sweep, save_sweep
-    from clapray.sweep.summary import print_summary
+    from clapray.sweep.console import quiet_console, ray_started_line
+    from clapray.sweep.resolved import check_same_sweep
 
     out = out or sys.stdout
     root = sweep_root(sweep)
     check_same_sweep(sweep, root)  # read-only: a refusal leaves the store as it was
     num_tasks = cell_task_counts(sweep)
     _prepare_pretrained_backbones(sweep)
-    with held_lease(root) as lease, quiet_console(verbose):
-        if not check_same_sweep(sweep, root):  # again under the lease: another driver may have saved one
-            save_sweep(sweep, root)
-        grid = _run_tuner(sweep, root, num_tasks, address=address, out=out, verbose=verbose)
-        if lease.lost_to is None:
-            _reconcile_after(sweep, root, num_tasks, out)
-            print_summary(root, out)
+    with quiet_console(verbose):
+        if address:
+            # The cluster first: an unusable --address fails within a minute, before the store is touched.
+            from clapray.sweep.cluster import connect
+
+            configure_ray_environment()
+            print(ray_started_line(connect(address, verbose=verbose), address), file=out, flush=True)
+        with held_lease(root) as lease:
+            grid = _leased_run(sweep, root, num_tasks, lease, address=address, out=out, verbose=verbose)
     print(f"report: python -m clapray.report {root}", file=out, flush=True)
+    return grid
+
+
+def _leased_run(sweep: SweepConfig, root: str, num_tasks: dict[str, int], lease: Any, *, address: str | None,
+                out, verbose: bool) -> Any:
+    """The sweep under the store's lease: save the resolved sweep, run Tune, reconcile, summarise."""
+    from clapray.sweep.resolved import check_same_sweep, save_sweep
+    from clapray.sweep.summary import print_summary
+
+    if not check_same_sweep(sweep, root):  # again under the lease: another driver may have saved one
+        save_sweep(sweep, root)
+    grid = _run_tuner(sweep, root, num_tasks, address=address, out=out, verbose=verbose)
+    if lease.lost_to is None:
+        _reconcile_after(sweep, root, num_tasks, out)
+        print_summary(root, out)
     return grid
 
 

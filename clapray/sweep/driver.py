@@ -167,7 +167,7 @@ def _run_tuner(sweep: SweepConfig, root: str, num_tasks: dict[str, int], *, addr
     from clapray.sweep.console import ray_started_line
     from clapray.sweep.preflight import footprint
     from clapray.sweep.progress import SweepPlan
-    from clapray.sweep.recovery import reconcile, trials_from_experiment
+    from clapray.sweep.recovery import reconcile, restorable, trials_from_experiment
     from clapray.sweep.search import CellSearch, PerCellASHA
     from clapray.sweep.studies import StudyJournal
     from clapray.sweep.trial import trial_driver
@@ -175,7 +175,7 @@ def _run_tuner(sweep: SweepConfig, root: str, num_tasks: dict[str, int], *, addr
     res = sweep.resources
     spec = _trial_spec(sweep, root)
     experiment = root
-    restoring = ray.tune.Tuner.can_restore(experiment)
+    restoring = restorable(experiment)
     # The store must hold what Tune's saved state implies before Tune acts on that state (and a store that
     # cannot be repaired is refused before Ray starts).
     repaired = reconcile(spec, trials_from_experiment(experiment) if restoring else [], num_tasks,
@@ -205,11 +205,14 @@ def _run_tuner(sweep: SweepConfig, root: str, num_tasks: dict[str, int], *, addr
                                        param_space={"trainer": spec})
     else:
         scheduler = PerCellASHA(sweep, num_tasks=num_tasks) if sweep.scheduler is not None else None
+        search = CellSearch(sweep, num_tasks=num_tasks, journal=StudyJournal(root))
+        # A driver killed before Tune saved any state leaves studies with trials asked and never told.
+        search.release_orphans()
         tuner = ray.tune.Tuner(
             trainable,
             param_space={"trainer": spec},
             tune_config=ray.tune.TuneConfig(
-                search_alg=CellSearch(sweep, num_tasks=num_tasks, journal=StudyJournal(root)), scheduler=scheduler,
+                search_alg=search, scheduler=scheduler,
                 num_samples=sweep.trial_count(), max_concurrent_trials=placement.max_concurrent_trials,
                 metric=sweep.search.metric, mode=sweep.search.mode),
             run_config=tune_run_config)

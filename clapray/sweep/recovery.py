@@ -77,11 +77,31 @@ class ReconcileReport:
         return "store repaired: " + "; ".join(parts) if parts else None
 
 
+def restorable(root: str) -> bool:
+    """Whether a Tune experiment at ``root`` can be restored: its tuner file and a saved experiment state.
+
+    Tune writes the tuner file as the run starts and its first experiment state only later, so a driver
+    killed in between leaves a folder ``Tuner.can_restore`` accepts but ``Tuner.restore`` cannot read; no
+    trial of that run was saved, so the sweep starts afresh (the store's rows of its trials are then runs
+    Tune does not know, quarantined by :func:`reconcile`).
+    """
+    import pyarrow.fs as pafs
+    import ray.tune
+
+    from clapray.fileio import resolve_filesystem
+
+    if not ray.tune.Tuner.can_restore(root):
+        return False
+    fs, path = resolve_filesystem(root)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return any(i.base_name.startswith("experiment_state-") and i.base_name.endswith(".json") for i in infos)
+
+
 def trials_from_experiment(root: str) -> list[TrialRecord]:
     """Every trial of the Tune experiment saved at ``root`` (empty when there is none)."""
     import ray.tune
 
-    if not ray.tune.Tuner.can_restore(root):
+    if not restorable(root):
         return []
     analysis = ray.tune.ExperimentAnalysis(root)
     return [TrialRecord(str(t.trial_id), str(t.status), dict(t.last_result or {}), dict(t.config or {}))

@@ -178,3 +178,12 @@ def test_gpus_per_worker_above_one_must_be_whole():
     assert ResourcesConfig(gpus_per_worker=2.0).gpus_per_worker == 2.0
     with pytest.raises(ConfigError, match="gpus_per_worker"):
         ResourcesConfig(gpus_per_worker=1.5)
+
+
+def test_trial_drivers_are_reused_only_where_no_scheduler_stops_trials():
+    from clapray.sweep import load_sweep_config
+    from clapray.sweep.driver import reuses_trial_drivers
+
+    assert reuses_trial_drivers(load_sweep_config(REPO / "sweeps" / "quickstart.yaml"))
+    # ASHA stops trials whose function is still running: their drivers must be killed, not kept for reuse.
+    assert not reuses_trial_drivers(load_sweep_config(REPO / "sweeps" / "ablation.yaml"))

@@ -116,5 +116,6 @@ def _print_cost_estimate(sweep, bench, concurrent: int | None) -> None:
     for line in estimate_lines(cell_costs(sweep, cell_task_counts(sweep), measured), measured, str(path), concurrent):
         print(line)
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -139,6 +139,17 @@ def _trial_spec(sweep: SweepConfig, root: str) -> TrialSpec:
                      cpus_per_worker=res.cpus_per_worker, retries=sweep.retries)
 
 
+def reuses_trial_drivers(sweep: SweepConfig) -> bool:
+    """Whether a finished trial's driver process (Ray and this package imported) runs the next trial instead
+    of a fresh process that starts and imports again (Tune's ``reuse_actors``).
+
+    Not with ASHA: Tune would keep a stopped trial's driver for reuse while its function, blocked in the
+    Train run's ``fit()``, kept training; killing the driver is what stops the Train run (the driver owns
+    its controller). Without a scheduler a trial ends only when its function returns or fails, and Tune
+    never reuses a failed trial's driver."""
+    return sweep.scheduler is None
+
+
 def _run_tuner(sweep: SweepConfig, root: str, num_tasks: dict[str, int], *, address: str | None, out,
                verbose: bool = False) -> Any:
     configure_ray_environment()
@@ -195,10 +206,7 @@ def _run_tuner(sweep: SweepConfig, root: str, num_tasks: dict[str, int], *, addr
                 search_alg=CellSearch(sweep, num_tasks=num_tasks, journal=StudyJournal(root)), scheduler=scheduler,
                 num_samples=sweep.trial_count(), max_concurrent_trials=placement.max_concurrent_trials,
                 metric=sweep.search.metric, mode=sweep.search.mode,
-                # A finished trial's driver process (Ray and this package imported) runs the next trial
-                # instead of a fresh process starting and importing again; a trial stopped early or failed
-                # still gets a fresh one (Tune reuses only a driver whose trial function has returned).
-                reuse_actors=True),
+                reuse_actors=reuses_trial_drivers(sweep)),
             run_config=tune_run_config)
     start = time.perf_counter()
     grid = tuner.fit()

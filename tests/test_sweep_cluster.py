@@ -94,11 +94,42 @@ def base_env(ray_tmp: Path) -> dict[str, str]:
 # Fitting trials to a cluster (no Ray)
 
 
-def test_trials_use_train_driver_where_it_exists():
+def test_trials_use_train_driver_where_it_exists_and_run_as_many_as_the_workers_nodes_hold():
     nodes = (NodeKind({"CPU": 8.0, TRAIN_DRIVER: 32.0}), NodeKind({"CPU": 4.0, "GPU": 1.0}, count=8))
     placement = plan_trials(TrialFootprint(1, 4, 1.0), nodes, max_concurrent_trials=None, where="the cluster")
     assert dict(placement.driver_resources) == {"cpu": 0, TRAIN_DRIVER: 1}
-    assert placement.max_concurrent_trials is None and placement.note is None
+    assert placement.max_concurrent_trials == 8  # one trial per GPU worker node
+    assert placement.note == ("trials: at most 8 at once, what the cluster holds (1 worker(s) of {CPU: 4, GPU: 1} "
+                              "per trial); set resources.max_concurrent_trials to run fewer")
+    # The sweep's own cap wins when lower, and never raises the count above what fits.
+    assert plan_trials(TrialFootprint(1, 4, 1.0), nodes, max_concurrent_trials=3,
+                       where="c").max_concurrent_trials == 3
+    assert plan_trials(TrialFootprint(1, 4, 1.0), nodes, max_concurrent_trials=50,
+                       where="c").max_concurrent_trials == 8
+
+
+def test_fractional_gpus_pack_several_trials_per_gpu():
+    nodes = (NodeKind({"CPU": 8.0, TRAIN_DRIVER: 32.0}), NodeKind({"CPU": 4.0, "GPU": 1.0}, count=8))
+    # 0.25 GPU and 1 CPU per worker: 4 trials on each 4-CPU, 1-GPU node, 32 on 8 nodes (= the 32 driver slots).
+    assert plan_trials(TrialFootprint(1, 1, 0.25), nodes, max_concurrent_trials=None,
+                       where="c").max_concurrent_trials == 32
+    # CPUs bind before the GPU does: 2 CPUs per worker leave room for 2 trials per node.
+    assert plan_trials(TrialFootprint(1, 2, 0.25), nodes, max_concurrent_trials=None,
+                       where="c").max_concurrent_trials == 16
+    # Two-worker trials take two bundles each; the driver slots bind when fewer than the workers allow.
+    few_slots = (NodeKind({"CPU": 8.0, TRAIN_DRIVER: 5.0}), NodeKind({"CPU": 4.0, "GPU": 1.0}, count=8))
+    assert plan_trials(TrialFootprint(2, 1, 0.25), nodes, max_concurrent_trials=None,
+                       where="c").max_concurrent_trials == 16
+    assert plan_trials(TrialFootprint(1, 1, 0.25), few_slots, max_concurrent_trials=None,
+                       where="c").max_concurrent_trials == 5
+    # A local Ray (2 CPUs, 1000 driver slots): the CPUs decide, not the slots.
+    local = (NodeKind({"CPU": 2.0, TRAIN_DRIVER: 1000.0}),)
+    assert plan_trials(TrialFootprint(1, 1, 0.0), local, max_concurrent_trials=None,
+                       where="c").max_concurrent_trials == 2
+    # A node type the autoscaler may add without bound: no cap from here.
+    unbounded = (NodeKind({"CPU": 8.0, TRAIN_DRIVER: 32.0}), NodeKind({"CPU": 4.0, "GPU": 1.0}, count=-1))
+    assert plan_trials(TrialFootprint(1, 1, 0.25), unbounded, max_concurrent_trials=None,
+                       where="c").max_concurrent_trials == 32
 
 
 def test_without_train_driver_drivers_reserve_a_little_cpu_and_trials_are_capped():

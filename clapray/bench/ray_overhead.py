@@ -1,18 +1,24 @@
 """``python -m clapray.bench ray``: what Ray Tune + Ray Train add to a trial, measured.
 
 Runs the same N short trials twice in one process: first in plain Python (one
-:class:`~clapray.learner.ContinualLearner` after another), then as a sweep on a local Ray, one trial
-at a time (``max_concurrent_trials: 1``), so the difference is the orchestration: Ray start-up, the
-Tune trial driver, the Train worker group and its process group, reporting, checkpoints and the
-Parquet writes. Results go to a temporary directory that is removed afterwards.
+:class:`~clapray.learner.ContinualLearner` after another), then as a sweep on a local Ray, ``--concurrent``
+trials at a time (default 1), so the difference is the orchestration: the Tune trial driver, the Train
+controller and worker group, reporting, checkpoints and the Parquet writes. Every Ray process of the sweep
+records a timeline (:mod:`clapray.sweep.timeline`), printed per trial and phase
+(:mod:`clapray.bench.ray_breakdown`), with the sweep's efficiency: Σ learner time / (sweep wall x
+concurrent slots). The stored results are checked against the plain runs (same config and seed, same
+numbers). ``--save FILE`` writes the measured seconds as JSON for ``--dry-run`` cost estimates
+(:mod:`clapray.sweep.cost`). Results go to a temporary directory that is removed afterwards.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from clapray.model.prompts.catalog import DEFAULT_VARIANT
@@ -24,14 +30,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trials", type=int, default=4, help="number of trials (seeds) (default 4)")
     parser.add_argument("--tasks", type=int, default=2, help="tasks per trial (default 2)")
     parser.add_argument("--images", type=int, default=8, help="training images per class (default 8)")
+    parser.add_argument("--variant", default=DEFAULT_VARIANT,
+                        help=f"prompt variant the trials train (default {DEFAULT_VARIANT})")
+    parser.add_argument("--concurrent", type=int, default=1,
+                        help="trials running at once in the sweep (default 1: sequential)")
+    parser.add_argument("--save", metavar="FILE", help="write the measured seconds per trial to FILE (JSON), "
+                        "e.g. <storage>/_bench/ray.json, which `python -m clapray.sweep --dry-run` reads")
 
 
-def _sweep_yaml(trials: int, tasks: int, images: int) -> str:
+def _sweep_yaml(trials: int, tasks: int, images: int, concurrent: int, variant: str) -> str:
     seeds = ", ".join(str(s) for s in range(trials))
     return f"""name: bench-ray
 base: quickstart
 set:
-  method.variant: {DEFAULT_VARIANT}
+  method.variant: {variant}
   data.num_tasks: {tasks}
   data.shapes.num_classes: {2 * tasks}
   data.shapes.train_per_class: {images}
@@ -41,7 +53,7 @@ set:
 search: {{algorithm: random, seed: 0, metric: avg_acc, trials_per_cell: 1}}
 seeds: [{seeds}]
 scheduler: none
-resources: {{workers_per_trial: 1, gpus_per_worker: 0, cpus_per_worker: 1, max_concurrent_trials: 1}}
+resources: {{workers_per_trial: 1, gpus_per_worker: 0, cpus_per_worker: 1, max_concurrent_trials: {concurrent}}}
 retries: 0
 storage: results
 """
@@ -53,30 +65,40 @@ def main(args: argparse.Namespace) -> int:
     from clapray.errors import UserError
     from clapray.learner import ContinualLearner
     from clapray.sweep import load_sweep_config
+    from clapray.sweep.cluster import start_local_ray
     from clapray.sweep.driver import configure_ray_environment, run_sweep
+    from clapray.sweep.timeline import TIMELINE_ENV, read
 
-    for name in ("trials", "tasks", "images"):
+    for name in ("trials", "tasks", "images", "concurrent"):
         if getattr(args, name) < 1:
             raise UserError(f"bench ray: --{name}: expected an integer >= 1, got {getattr(args, name)}")
+    from clapray.config import PROMPT_VARIANTS
+
+    if args.variant not in PROMPT_VARIANTS:
+        raise UserError(f"bench ray: --variant: expected one of {', '.join(PROMPT_VARIANTS)}, got {args.variant}")
     with tempfile.TemporaryDirectory(prefix="clapray-bench-ray-") as tmp:
         path = Path(tmp) / "bench-ray.yaml"
-        path.write_text(_sweep_yaml(args.trials, args.tasks, args.images))
+        path.write_text(_sweep_yaml(args.trials, args.tasks, args.images, args.concurrent, args.variant))
         sweep = load_sweep_config(path, [f"storage={tmp}/store"])
         cell = sweep.cells()[0]
         configs = [sweep.run_config_for(cell, {}, seed, output_dir=f"{tmp}/plain") for seed in sweep.seeds]
 
         torch.set_num_threads(1)  # what a trial's worker uses (cpus_per_worker: 1)
-        plain = []
+        plain, plain_results = [], {}
         for cfg in configs:
             start = time.perf_counter()
-            ContinualLearner(cfg).run()
+            history = ContinualLearner(cfg).run()
             plain.append(time.perf_counter() - start)
+            plain_results[cfg.seeds.init] = [(r.task, r.avg_acc, r.last_acc) for r in history]
 
         import ray
 
         configure_ray_environment()
+        timeline_dir = Path(tmp) / "timeline"
+        timeline_dir.mkdir()
+        os.environ[TIMELINE_ENV] = str(timeline_dir)  # inherited by every process of the Ray started below
         start = time.perf_counter()
-        ray.init(resources={"train_driver": 1000}, log_to_driver=False, include_dashboard=False)
+        start_local_ray()  # the Ray a local sweep starts
         ray_init = time.perf_counter() - start
         try:
             start = time.perf_counter()
@@ -84,16 +106,81 @@ def main(args: argparse.Namespace) -> int:
             ray_wall = time.perf_counter() - start
         finally:
             ray.shutdown()
+            os.environ.pop(TIMELINE_ENV, None)
         failed = len(grid.errors)
+        events = read(timeline_dir)
+        same = _stored_equal_plain(f"{tmp}/store/{sweep.name}", plain_results)
 
-    n = args.trials
+    report = _report(args, plain, ray_wall, ray_init, events, failed, same)
+    print(report.text)
+    if args.save:
+        _save(Path(args.save), args, report)
+        print(f"measured seconds written to {args.save}")
+    return 0 if same and not failed else 1
+
+
+def _stored_equal_plain(store: str, plain: dict[int, list[tuple]]) -> bool:
+    """Whether the sweep stored, for every seed, exactly the accuracies the plain runs computed."""
+    from clapray.results import load_table
+
+    tasks = load_table(store, "tasks")
+    stored = {int(seed): [(int(r.task), float(r.avg_acc), float(r.last_acc)) for r in rows.sort_values("task")
+                          .itertuples()] for seed, rows in tasks.groupby("seed")}
+    return stored == plain
+
+
+@dataclass(frozen=True)
+class _Report:
+    text: str
+    orchestration_s: float  # per trial: sweep wall per trial and slot, minus the learning
+    learning_s: float  # per trial
+    efficiency: float
+
+
+def _report(args, plain: list[float], ray_wall: float, ray_init: float, events: list[dict], failed: int,
+            same: bool) -> _Report:
+    from clapray.bench.ray_breakdown import PHASES, efficiency, mean_phases, trial_breakdowns
+
+    n, slots = args.trials, args.concurrent
     plain_total = sum(plain)
-    print(f"{n} trials x {args.tasks} tasks, shapes {2 * args.tasks} classes, tiny backbone, 1 CPU per trial")
-    print(f"{'':<28}{'total s':>10}{'per trial s':>14}")
-    print(f"{'plain Python':<28}{plain_total:>10.2f}{plain_total / n:>14.2f}")
-    print(f"{'Ray sweep (sequential)':<28}{ray_wall:>10.2f}{ray_wall / n:>14.2f}")
-    print(f"{'ray.init (once)':<28}{ray_init:>10.2f}")
+    trials = trial_breakdowns(events)
+    learning = sum(b.phases["learning"] for b in trials)
+    lines = [f"{n} trials x {args.tasks} tasks, shapes {2 * args.tasks} classes, tiny backbone, 1 CPU per trial, "
+             f"{slots} at a time",
+             f"{'':<28}{'total s':>10}{'per trial s':>14}",
+             f"{'plain Python':<28}{plain_total:>10.2f}{plain_total / n:>14.2f}",
+             f"{f'Ray sweep ({slots} at a time)':<28}{ray_wall:>10.2f}{ray_wall / n:>14.2f}",
+             f"{'ray.init (once)':<28}{ray_init:>10.2f}"]
     if failed:
-        print(f"warning: {failed} trial(s) failed; the overhead below includes their retries")
-    print(f"overhead: {(ray_wall - plain_total) / n:.2f}s per trial, {ray_wall / plain_total:.1f}x the plain time")
-    return 0
+        lines.append(f"warning: {failed} trial(s) failed; the overhead below includes their retries")
+    lines.append(f"overhead: {(ray_wall - plain_total) / n:.2f}s per trial, {ray_wall / plain_total:.1f}x the "
+                 "plain time")
+    if trials:
+        header = f"{'trial':<14}" + "".join(f"{p:>{max(9, len(p) + 1)}}" for p in PHASES) + f"{'span':>8}"
+        lines += ["", "where a trial's time goes (s):", header]
+        for b in trials + [None]:
+            phases = mean_phases(trials) if b is None else b.phases
+            span = sum(t.span for t in trials) / len(trials) if b is None else b.span
+            name = "mean" if b is None else b.trial
+            lines.append(f"{name:<14}" + "".join(f"{phases[p]:>{max(9, len(p) + 1)}.2f}" for p in PHASES)
+                         + f"{span:>8.2f}")
+        outside = ray_wall * slots - sum(b.span for b in trials)
+        lines.append(f"outside the trials' spans (sweep start-up, feature cache, Tune between trials): "
+                     f"{outside / n:.2f}s per trial and slot")
+    orchestration = ray_wall * slots / n - learning / max(1, len(trials))
+    eff = efficiency(learning, ray_wall, slots)
+    lines.append(f"orchestration: {orchestration:.2f}s per trial (slot time per trial minus its learning); "
+                 f"efficiency: Σ learner {learning:.2f}s / (wall {ray_wall:.2f}s x {slots} slot(s)) = {eff:.1%}")
+    lines.append(f"stored results equal the plain runs': {'yes' if same else 'NO'}")
+    return _Report("\n".join(lines), orchestration, learning / max(1, len(trials)), eff)
+
+
+def _save(path: Path, args, report: _Report) -> None:
+    from clapray.sweep.cost import BenchFile
+
+    conditions = (f"{os.cpu_count()} CPUs, {args.trials} trials x {args.tasks} tasks of {args.images} images per "
+                  f"class, {args.concurrent} at a time, {time.strftime('%Y-%m-%d')}")
+    BenchFile.load_or_empty(path).with_measurement(
+        orchestration_s_per_trial=round(report.orchestration_s, 3), concurrent=args.concurrent,
+        conditions=conditions, variant=args.variant,
+        learning_s_per_task=round(report.learning_s / args.tasks, 4)).save(path)

@@ -11,14 +11,8 @@ import numpy as np
 from clapray.config import RunConfig
 from clapray.features.cache import FeatureStore, ImageFeatures, cache_key, encode_benchmark, load_or_build
 from clapray.features.fingerprint import feature_fingerprint
+from clapray.features.groups import feature_group, uses_feature_cache  # noqa: F401 - their former home
 from clapray.progress import ProgressHook
-
-
-def uses_feature_cache(cfg: RunConfig) -> bool:
-    """``data.feature_cache`` on and a variant that declares its image tower frozen (all but MaPLe)."""
-    from clapray.model.prompts.catalog import variant_spec
-
-    return cfg.data.feature_cache and variant_spec(cfg.method.variant).image_tower_frozen
 
 
 def feature_key(cfg: RunConfig, backbone: Any, benchmark: Any) -> tuple[str, dict[str, Any]]:
@@ -60,23 +54,6 @@ def from_shareable(shared: tuple[np.ndarray, int, str]) -> ImageFeatures:
         # torch warns that the buffer is read-only; nothing ever writes to the features.
         warnings.filterwarnings("ignore", message=".*not writable.*")
         return ImageFeatures.from_array(array, n_train, key)
-
-
-def feature_group(cfg: RunConfig) -> str:
-    """What decides a run's embeddings, as text: runs with equal groups share one cache entry.
-
-    Coarser than the cache key (which also needs the loaded backbone and benchmark), so a sweep driver
-    can group cells without loading anything; a group maps to exactly one key.
-    """
-    import dataclasses
-    import json
-
-    data = cfg.data
-    return json.dumps({
-        "backbone": dataclasses.asdict(cfg.backbone), "device": cfg.device,
-        "data": {"dataset": data.dataset, "root": data.root, "sequence": list(data.sequence),
-                 "shapes": dataclasses.asdict(data.shapes)},
-    }, sort_keys=True)
 
 
 def build_shareable(cfg: RunConfig, store_root: str, progress_file: str | None = None

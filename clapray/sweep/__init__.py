@@ -8,7 +8,9 @@ Layers, from the YAML to Ray:
   overrides, shipped sweeps by name; :mod:`~clapray.sweep.describe` — what ``--dry-run`` prints;
 * :mod:`~clapray.sweep.cli` — the command line;
 * :mod:`~clapray.sweep.driver` — the Ray Tune run; :mod:`~clapray.sweep.search` — one Optuna search and one
-  ASHA per cell; :mod:`~clapray.sweep.trial` — a trial as a Ray Train ``TorchTrainer`` running the learner;
+  ASHA per cell; :mod:`~clapray.sweep.trial` — a trial as a Ray Train run of the learner;
+  :mod:`~clapray.sweep.timeline` — where a trial's time goes (``bench ray``); :mod:`~clapray.sweep.cost` —
+  measured seconds per trial and the dry run's cost estimate;
   :mod:`~clapray.sweep.callbacks` — progress lines and trial outcomes in the store;
   :mod:`~clapray.sweep.progress` — k/N trials, elapsed, ETA, short parameters, heartbeats read from the
   store; :mod:`~clapray.sweep.console` — Ray's and Optuna's start-up noise filtered (unless ``--verbose``);

@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--storage", help="override the YAML's storage (local path or s3://bucket/prefix)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a sweep field, e.g. --set search.trials_per_cell=2")
+    parser.add_argument("--bench-file", metavar="FILE",
+                        help="measured seconds per trial (written by `python -m clapray.bench ray --save FILE`) for "
+                             "the dry run's cost estimate; default <storage>/_bench/ray.json when it exists")
     parser.add_argument("--verbose", action="store_true",
                         help="show Ray's and Optuna's own output (worker logs, start-up notices) on the console")
     return parser
@@ -56,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     # plan before the resources check, so a sweep meant for a cluster still shows what it would run).
     check_sweep(sweep, address=args.address, storage_label=storage_label, dry_run=args.dry_run)
     if args.dry_run:
+        bench = _bench_file(sweep, args.bench_file)  # a bad file is refused before anything is printed
         print(describe(sweep), flush=True)
         if args.address is None and sweep.resources.gpus_per_worker > 0 and not local_node().resources.get("GPU"):
             # A GPU sweep dry-run on a machine without GPUs is planned here and run on a cluster: say that this
@@ -66,11 +70,13 @@ def main(argv: list[str] | None = None) -> int:
             except UserError as err:
                 print(f"note: not runnable on this machine: {err}; a real run here exits 2 "
                       "(check a cluster with --dry-run --address HOST:PORT)")
+                _print_cost_estimate(sweep, bench, None)
                 return 0
         else:
             placement = check_resources(sweep, address=args.address)
         if placement.note:
             print(placement.note)
+        _print_cost_estimate(sweep, bench, placement.max_concurrent_trials)
         return 0
     if args.address is None:
         check_resources(sweep, address=None)  # before a local Ray starts; a cluster is checked once connected
@@ -78,6 +84,40 @@ def main(argv: list[str] | None = None) -> int:
 
     grid = run_sweep(sweep, address=args.address, verbose=args.verbose)
     return 0 if not grid.errors else 1
+
+
+def _bench_file(sweep, bench_file: str | None):
+    """``(path, BenchFile)`` of measured seconds for the cost estimate: ``--bench-file``, else
+    ``<storage>/_bench/ray.json``; ``(path, None)`` when there is none (or storage is S3), UserError when unusable."""
+    from pathlib import Path
+
+    from clapray.sweep.cost import BenchFile, default_bench_path
+
+    if bench_file is not None:
+        path = Path(bench_file)
+        if not path.is_file():
+            raise UserError(f"--bench-file: {bench_file} is not a file (write one with `python -m clapray.bench ray "
+                            f"--save {bench_file}`)")
+        return path, BenchFile.load(path)
+    if sweep.storage.startswith("s3://"):
+        return None, None
+    path = default_bench_path(sweep.storage_path())
+    return path, (BenchFile.load(path) if path.is_file() else None)
+
+
+def _print_cost_estimate(sweep, bench, concurrent: int | None) -> None:
+    """Trials x measured seconds per trial of each cell's variant (:mod:`clapray.sweep.cost`)."""
+    from clapray.sweep.cost import cell_costs, estimate_lines
+    from clapray.sweep.driver import cell_task_counts
+
+    path, measured = bench
+    if path is None:
+        return
+    if measured is None:
+        print(f"cost: no measured seconds at {path} (python -m clapray.bench ray --save {path})")
+        return
+    for line in estimate_lines(cell_costs(sweep, cell_task_counts(sweep), measured), measured, str(path), concurrent):
+        print(line)
 
 
 if __name__ == "__main__":

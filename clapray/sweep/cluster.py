@@ -10,9 +10,10 @@
   address nobody answers on, a server that is not a Ray GCS, a cluster of another Ray version, one that
   requires token authentication the driver was not given.
 * :func:`plan_trials`: checks that one trial (its Ray Train workers) fits the cluster, counting the node
-  types an autoscaler may add, and places the trial drivers: on the custom ``train_driver`` resource when
-  the cluster advertises it (``cluster/aws.yaml``'s head, a local Ray), else on a small CPU reservation
-  with the number of concurrent trials capped so the drivers never hold the CPUs their workers wait for.
+  types an autoscaler may add, places the trial drivers (on the custom ``train_driver`` resource when the
+  cluster advertises it (``cluster/aws.yaml``'s head, a local Ray), else on a small CPU reservation) and,
+  unless the sweep sets ``max_concurrent_trials``, runs as many trials at once as the cluster holds (with
+  fractional ``gpus_per_worker``, several trials per GPU).
 """
 
 from __future__ import annotations
@@ -104,6 +105,9 @@ def start_local_ray(*, verbose: bool = False) -> Any:
         # Ray would generate a token and save it to ~/.ray/auth_token; an ephemeral one in the environment
         # (inherited by the local Ray's processes only) protects the same without writing to the home directory.
         os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    # Ray Train's preemption watcher (one more actor process per trial) follows nodes being drained, e.g.
+    # reclaimed spot instances; a single machine has none. Inherited by the local Ray's processes.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     import ray
 
     try:
@@ -302,7 +306,7 @@ def plan_trials(footprint: TrialFootprint, nodes: tuple[NodeKind, ...], *, max_c
         raise UserError(f"resources: a trial needs {footprint.workers} workers of {_text(bundle)} at once, but "
                         f"{where} can hold {int(capacity)}; lower resources.workers_per_trial{hint}")
     if any(node.resources.get(TRAIN_DRIVER, 0) >= 1 for node in nodes):
-        return TrialPlacement({"cpu": 0, TRAIN_DRIVER: 1}, max_concurrent_trials, None, nodes)
+        return _packed_on_train_driver(footprint, per_node, max_concurrent_trials, where)
     # No train_driver anywhere (a plain `ray start`, KubeRay, SLURM): each driver takes DRIVER_CPU. Tune would
     # start as many drivers as fit, so cap the trials at what fits with their workers, or the drivers could
     # hold every CPU while their workers wait for one.
@@ -316,6 +320,31 @@ def plan_trials(footprint: TrialFootprint, nodes: tuple[NodeKind, ...], *, max_c
     note = (f"note: {where} advertises no {TRAIN_DRIVER} resource; each trial driver reserves {DRIVER_CPU:g} CPU "
             f"instead, at most {cap} trial(s) at once")
     return TrialPlacement({"cpu": DRIVER_CPU}, cap, note, nodes)
+
+
+def _packed_on_train_driver(footprint: TrialFootprint, per_node: list[tuple[NodeKind, int]],
+                            max_concurrent_trials: int | None, where: str) -> TrialPlacement:
+    """Drivers on ``train_driver``; as many trials at once as the workers' nodes (and the driver slots) hold.
+
+    Tune only sees a driver's ``train_driver`` unit, not the Train workers the driver will ask for, so
+    without a cap it would start every trial whose driver fits (a local Ray has 1000 slots): the extra
+    trials' worker groups wait for resources, time out after a minute and retry, and their processes take
+    the CPU the running ones need. Fractional GPUs pack trials: 0.25 GPU per worker, 4 one-worker trials per
+    GPU. Node types an autoscaler may add without bound leave the count to the driver slots."""
+    nodes = [node for node, _ in per_node]
+    workers = sum(math.inf if node.count < 0 else fit * node.count for node, fit in per_node)
+    drivers = sum(0.0 if not node.resources.get(TRAIN_DRIVER) else
+                  math.inf if node.count < 0 else node.resources[TRAIN_DRIVER] * node.count for node in nodes)
+    fit = min(workers / footprint.workers, drivers)
+    derived = None if math.isinf(fit) else max(1, math.floor(fit + 1e-9))
+    if max_concurrent_trials is not None:
+        cap = max_concurrent_trials if derived is None else min(max_concurrent_trials, derived)
+        return TrialPlacement({"cpu": 0, TRAIN_DRIVER: 1}, cap, None, tuple(nodes))
+    note = None
+    if derived is not None:
+        note = (f"trials: at most {derived} at once, what {where} holds ({footprint.workers} worker(s) of "
+                f"{_text(footprint.worker_bundle())} per trial); set resources.max_concurrent_trials to run fewer")
+    return TrialPlacement({"cpu": 0, TRAIN_DRIVER: 1}, derived, note, tuple(nodes))
 
 
 def _fits(resources: Mapping[str, float], bundle: Mapping[str, float]) -> int:

@@ -43,9 +43,10 @@ def configure_ray_environment() -> None:
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
     # Ray Tune's legacy reporter honours verbose=0 completely; the sweep prints its own progress lines.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Train's controller registers each report (and checkpoint) on its next poll of the workers: the 2 s
-    # default costs several seconds per short trial; a local Ray started below inherits this.
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    # Train's controller registers each report (and checkpoint) on its next poll of the workers, and notices
+    # the end of training on one: the 2 s default costs several seconds per short trial (each report and the
+    # teardown wait for a poll). A poll is one small remote call per worker; a local Ray inherits this.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 
 def _prepare_pretrained_backbones(sweep: SweepConfig) -> None:
@@ -156,6 +157,17 @@ def _trial_spec(sweep: SweepConfig, root: str) -> TrialSpec:
                      cpus_per_worker=res.cpus_per_worker, retries=sweep.retries)
 
 
+def reuses_trial_drivers(sweep: SweepConfig) -> bool:
+    """Whether a finished trial's driver process (Ray and this package imported) runs the next trial instead
+    of a fresh process that starts and imports again (Tune's ``reuse_actors``).
+
+    Not with ASHA: Tune would keep a stopped trial's driver for reuse while its function, blocked in the
+    Train run's ``fit()``, kept training; killing the driver is what stops the Train run (the driver owns
+    its controller). Without a scheduler a trial ends only when its function returns or fails, and Tune
+    never reuses a failed trial's driver."""
+    return sweep.scheduler is None
+
+
 def _run_tuner(sweep: SweepConfig, root: str, num_tasks: dict[str, int], *, address: str | None, out,
                verbose: bool = False) -> Any:
     configure_ray_environment()
@@ -214,7 +226,8 @@ def _run_tuner(sweep: SweepConfig, root: str, num_tasks: dict[str, int], *, addr
             tune_config=ray.tune.TuneConfig(
                 search_alg=search, scheduler=scheduler,
                 num_samples=sweep.trial_count(), max_concurrent_trials=placement.max_concurrent_trials,
-                metric=sweep.search.metric, mode=sweep.search.mode),
+                metric=sweep.search.metric, mode=sweep.search.mode,
+                reuse_actors=reuses_trial_drivers(sweep)),
             run_config=tune_run_config)
     start = time.perf_counter()
     grid = tuner.fit()

@@ -247,6 +247,12 @@ class ResourcesConfig(TypedConfig):
     max_concurrent_trials: int | None = config_field(None, doc="cap on trials running at once; null = as many as "
                                                "the cluster's resources allow", ge=1, le=100_000)
 
+    def check(self) -> None:
+        # Ray shares a GPU between actors only in fractions of one; above one it wants whole GPUs.
+        if self.gpus_per_worker > 1 and not float(self.gpus_per_worker).is_integer():
+            raise ConfigError(type(self).__name__, "gpus_per_worker", "a fraction of one GPU (e.g. 0.25: four "
+                              "workers share a GPU) or a whole number of GPUs", self.gpus_per_worker)
+
 
 @dataclass(frozen=True)
 class SweepOptions(TypedConfig):

@@ -34,12 +34,11 @@ from clapray.fileio import resolve_filesystem
 from clapray.results import load_table
 from clapray.results.files import list_table, quarantine, read_file
 from clapray.results.schema import TABLES
-from clapray.sweep.spec import TrialIdentity, TrialSpec, trial_run_config
+from clapray.sweep.spec import PROVENANCE_FILE, TrialIdentity, TrialSpec, trial_run_config
 from clapray.task_result import RunProvenance, TaskResult
 
 log = logging.getLogger(__name__)
 
-PROVENANCE_FILE = "provenance.json"  # beside learner.pt in every task checkpoint
 
 
 class StoreDamaged(UserError):

@@ -20,6 +20,8 @@ from clapray.results import RunWriter
 from clapray.task_result import RunProvenance, SweepCoordinates
 from clapray.typed_config import from_mapping
 
+PROVENANCE_FILE = "provenance.json"  # beside learner.pt in every task checkpoint
+
 
 @dataclass(frozen=True)
 class TrialSpec:

@@ -1,9 +1,11 @@
-"""One sweep trial: a Ray Tune function trainable that runs the learner in a Ray Train ``TorchTrainer``.
+"""One sweep trial: a Ray Tune function trainable that runs the learner in a Ray Train run.
 
 ``trial_driver`` is the Tune trial (it holds no data; on a cluster it runs on the head through the
-``train_driver`` resource). It starts a ``TorchTrainer`` whose workers run ``train_worker``: the
-learner's task loop with a checkpoint and a report after every task. Rank 0 writes the trial's rows to
-the Parquet store before reporting, with deterministic file names, so a retried task overwrites its rows.
+``train_driver`` resource). It starts a Ray Train trainer (:func:`trainer_class`: a ``TorchTrainer`` for
+several workers, Ray Train's ``DataParallelTrainer`` without a process group for one) whose workers run
+``train_worker``: the learner's task loop with a checkpoint and a report after every task. Rank 0 writes
+the trial's rows to the Parquet store before reporting, with deterministic file names, so a retried task
+overwrites its rows.
 A failed worker group is restarted by Ray Train from the last task's checkpoint; a failed trial driver is
 restarted by Ray Tune and finds the same Train run (its name is derived from the trial id), so it resumes
 from the same checkpoint.
@@ -20,6 +22,7 @@ stopped.)
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -29,13 +32,17 @@ from pathlib import Path
 from typing import Any
 
 import ray.train
-import ray.train.torch
 import ray.tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from clapray.progress import FileSink, Throttled, progress_path
-from clapray.sweep.recovery import PROVENANCE_FILE
-from clapray.sweep.spec import TrialIdentity, TrialSpec, WorkerPlan, trial_run_config
+from clapray.sweep import timeline
+from clapray.sweep.spec import PROVENANCE_FILE, TrialIdentity, TrialSpec, WorkerPlan, trial_run_config
+
+# This module is imported by three kinds of Ray process per trial: the Tune trial driver, the Train
+# controller (which unpickles the trainer's callbacks) and every Train worker. Only the workers need torch,
+# open_clip and the learner (seconds of imports each on a busy machine), so those are imported inside
+# ``train_worker``; ``ray.train.torch`` (which imports torch) only where a trial has several workers.
 
 # Fault injection for tests and drills: "TASK:MARKER" makes the worker raise right after finishing task
 # TASK, once (the marker file records that it happened), e.g. CLAPRAY_FAIL_AFTER_TASK=2:/tmp/failed-once;
@@ -77,17 +84,20 @@ def task_metrics(result, num_tasks: int) -> dict[str, Any]:
 
 def train_worker(loop_config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker: the learner's remaining tasks, reporting after each."""
+    plan: WorkerPlan = loop_config["plan"]
+    spec, identity, cfg = plan.spec, plan.identity, plan.run
+    timeline.mark("worker", "enter", identity.trial_id)
     import torch
+    from ray.train.torch import get_device
 
     from clapray.learner import ContinualLearner, TrainingDiverged
 
-    plan: WorkerPlan = loop_config["plan"]
-    spec, identity, cfg = plan.spec, plan.identity, plan.run
+    timeline.mark("worker", "imported", identity.trial_id)
     # One intra-op thread per CPU the worker was given: the default (all cores) oversubscribes a node
     # running several trials and can make a CPU trial 20x slower.
     torch.set_num_threads(max(1, int(spec.cpus_per_worker)))
     rank = ray.train.get_context().get_world_rank()
-    device = ray.train.torch.get_device()
+    device = get_device()
     features = None
     if plan.features is not None:
         # The embeddings the sweep computed once, straight from Ray's object store (any node).
@@ -103,11 +113,13 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     if rank == 0:
         # Heartbeats inside each task, for the driver's console (it may run on another node).
         learner.progress = Throttled(FileSink(progress_path(spec.store, identity.run_id)), learner.num_tasks)
+    timeline.mark("worker", "learner_ready", identity.trial_id)
     if learner.num_tasks and learner.tasks_done == learner.num_tasks:
         report_completed_run(learner, writer)
         return
     start = time.perf_counter()
     for task in range(learner.tasks_done, learner.num_tasks):
+        timeline.mark("worker", "task_start", identity.trial_id)
         try:
             result = learner.learn_task(task)
         except TrainingDiverged as err:
@@ -117,6 +129,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             ray.train.report({"tasks_done": task, "diverged": True, "num_tasks": learner.num_tasks,
                               spec.metric: float("nan")})
             return
+        timeline.mark("worker", "task_end", identity.trial_id)
         with tempfile.TemporaryDirectory() as folder:
             report_checkpoint = None
             if writer is not None:
@@ -132,7 +145,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                 report_checkpoint = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(task_metrics(result, learner.num_tasks), checkpoint=report_checkpoint,
                              checkpoint_dir_name=f"task_{task:03d}")
+        timeline.mark("worker", "reported", identity.trial_id)
         maybe_inject_failure(task, identity.run_id, identity.seed)
+    timeline.mark("worker", "exit", identity.trial_id)
 
 
 def report_completed_run(learner, writer) -> None:
@@ -145,16 +160,35 @@ def report_completed_run(learner, writer) -> None:
     ray.train.report(task_metrics(learner.history[-1], learner.num_tasks))
 
 
+class TimelineCallback(ray.train.UserCallback):
+    """Marks each report as the Train controller registers it (``bench ray``'s timeline; see
+    :mod:`clapray.sweep.timeline`)."""
+
+    def __init__(self, trial_id: str) -> None:
+        self.trial_id = trial_id
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        timeline.mark("controller", "report_registered", self.trial_id)
+
+
 def trial_driver(config: dict[str, Any], feature_refs: dict[str, list[Any]] | None = None) -> None:
-    """The Tune trial: build and fit the trial's TorchTrainer."""
-    from clapray.features.provide import feature_group
+    """The Tune trial: build and fit the trial's Ray Train trainer.
+
+    A trial of one worker runs under Ray Train's ``DataParallelTrainer`` without a torch backend: no
+    process group to set up (the learner trains identically without one, see
+    :class:`~clapray.learner.ContinualLearner`), and neither this process nor the Train controller imports
+    torch. Several workers need the process group: a ``TorchTrainer``.
+    """
+    from clapray.features.groups import feature_group
 
     trial_id = ray.tune.get_context().get_trial_id()
+    timeline.mark("driver", "enter", trial_id)
     spec: TrialSpec = config["trainer"]
     cfg = trial_run_config(config, trial_id)
     plan = WorkerPlan(spec=spec, identity=TrialIdentity.of(spec.sweep, trial_id, config), run=cfg,
                       features=(feature_refs or {}).get(feature_group(cfg)))
-    trainer = ray.train.torch.TorchTrainer(
+    callbacks = [TuneReportCallback()] + ([TimelineCallback(trial_id)] if timeline.enabled() else [])
+    trainer = trainer_class(spec.workers_per_trial)(
         train_worker,
         train_loop_config={"plan": plan},
         scaling_config=ray.train.ScalingConfig(num_workers=spec.workers_per_trial, use_gpu=spec.gpus_per_worker > 0,
@@ -165,7 +199,41 @@ def trial_driver(config: dict[str, Any], feature_refs: dict[str, list[Any]] | No
             storage_path=spec.train_storage,
             failure_config=ray.train.FailureConfig(max_failures=spec.retries),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            callbacks=[TuneReportCallback()],
+            callbacks=callbacks,
         ),
     )
+    timeline.mark("driver", "fit", trial_id)
     trainer.fit()
+    timeline.mark("driver", "fitted", trial_id)
+
+
+def trainer_class(workers: int) -> type:
+    """Ray Train's trainer for a trial of ``workers`` workers (see :func:`trial_driver`)."""
+    if workers == 1:
+        from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+        return _without_dataset_manager(DataParallelTrainer)
+    from ray.train.torch import TorchTrainer
+
+    return _without_dataset_manager(TorchTrainer)
+
+
+@functools.cache
+def _without_dataset_manager(trainer: type) -> type:
+    """``trainer`` without Ray Data's per-run ``DatasetManager`` actor when the run has no Ray Datasets.
+
+    Ray Train adds its datasets callback to every run, and it starts one more actor process per trial
+    (importing Ray Data) that a sweep, which gives its workers no Ray Datasets, never calls. Filtering the
+    default callbacks (a Ray-internal hook: should Ray rename it, the override is simply never called and
+    every run keeps the callback) saves that process's start-up CPU on every trial."""
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+
+    class WithoutDatasetManager(trainer):
+        def _create_default_callbacks(self) -> list:
+            callbacks = super()._create_default_callbacks()
+            if self.datasets:
+                return callbacks
+            return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
+
+    WithoutDatasetManager.__name__ = WithoutDatasetManager.__qualname__ = trainer.__name__
+    return WithoutDatasetManager

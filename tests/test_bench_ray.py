@@ -1,0 +1,37 @@
+"""``python -m clapray.bench ray`` end to end: the per-phase breakdown of every trial from the timeline of
+every Ray process, the efficiency line, the stored results checked against plain runs, and ``--save``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from clapray.bench.ray_breakdown import PHASES
+from clapray.sweep.cost import BenchFile
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_bench_ray_breaks_each_trial_down_and_saves_measured_seconds(tmp_path):
+    saved = tmp_path / "_bench" / "ray.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_TMPDIR": os.environ.get("RAY_TMPDIR", str(tmp_path / "ray"))}
+    proc = subprocess.run([sys.executable, "-m", "clapray.bench", "ray", "--trials", "2", "--tasks", "1",
+                           "--images", "2", "--concurrent", "2", "--variant", "coop", "--save", str(saved)],
+                          capture_output=True, text=True, cwd=REPO, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert "stored results equal the plain runs': yes" in out
+    # One row per trial with every phase (the marks of the driver, the controller's run and the worker all
+    # arrived), then the mean.
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("trial "))
+    assert all(phase in lines[header] for phase in PHASES)
+    rows = lines[header + 1:header + 4]
+    assert len(rows) == 3 and rows[2].startswith("mean")
+    assert all(len(row.split()) == 1 + len(PHASES) + 1 for row in rows)
+    assert "efficiency: " in out and "x 2 slot(s))" in out
+    bench = BenchFile.load(saved)
+    assert bench.concurrent == 2 and bench.orchestration_s_per_trial > 0
+    assert set(bench.learning_s_per_task) == {"coop"} and bench.learning_s_per_task["coop"] > 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,6 +16,7 @@ from clapray.shapes.evaluate import (
     headroom,
     linear_probe_logits,
     nearest_class_mean_logits,
+    scenario_features,
     scenario_headroom,
 )
 
@@ -55,6 +57,30 @@ def test_zero_shot_is_the_learners_zero_shot_path():
     assert result.num_classes == 8 and result.num_test == 80 and result.num_train == 32
     # Both tasks have 40 evaluation images, so the macro mean over tasks is the accuracy over all images.
     assert result.zero_shot_acc == pytest.approx(last.last_acc, abs=1e-6)
+
+
+def test_scenario_features_label_every_image_with_its_own_class():
+    """Labels and text rows follow the scenario's class order, not the benchmark's (a random-weight
+    backbone predicts one class for every image, so accuracies alone could not tell)."""
+    from clapray.builders import build_backbone, build_scenario_from_config
+    from clapray.config import load_run_config, resolve_config_argument
+    from clapray.model.text_features import template_text_features
+
+    cfg = load_run_config(resolve_config_argument(TINY_CONFIG), TINY_SCENARIO)
+    backbone, scenario = build_backbone(cfg), build_scenario_from_config(cfg)
+    assert scenario.class_names != scenario.benchmark.class_names  # the class order is shuffled
+    f = scenario_features(backbone, scenario)
+    assert f.class_names == scenario.class_names
+    for split, indices, labels in ((scenario.benchmark.train, f.train_indices, f.train_y),
+                                   (scenario.eval_split, f.test_indices, f.test_y)):
+        assert sorted(labels.tolist()) == sorted(np.repeat(np.arange(6), len(labels) // 6).tolist())
+        for i, label in zip(indices.tolist(), labels.tolist(), strict=True):
+            assert split.attributes(i).class_name == f.class_names[label]
+    own = template_text_features(backbone, [f.class_names[4]], scenario.benchmark.templates).mean.cpu()
+    torch.testing.assert_close(f.text_features[4:5], own)
+    k = len(f.test_indices) - 1
+    image = backbone.preprocess(scenario.eval_split[int(f.test_indices[k])][0])[None]
+    torch.testing.assert_close(f.test_x[k:], backbone.encode_images(image).cpu())
 
 
 def test_probe_learns_separable_features_that_zero_shot_misses():

@@ -190,22 +190,55 @@ def encode_images(backbone: Backbone, split: Any, indices: Sequence[int] | None 
     return torch.cat(features) if features else torch.empty(0, backbone.embed_dim)
 
 
-def scenario_headroom(backbone: Backbone, scenario: Any) -> Headroom:
-    """:func:`headroom` on a class-incremental scenario, all its tasks' classes together.
+@dataclasses.dataclass(frozen=True, eq=False)
+class ScenarioFeatures:
+    """The frozen features of a scenario's images and classes, labels in the scenario's class order.
 
-    Training features are every task's training images (validation images excluded), evaluation
-    features every task's evaluation images; labels are the scenario's (remapped) ones and the text
-    features come from the benchmark's templates, as the learner's zero-shot variant makes them.
+    Attributes:
+        train_indices, test_indices: the images' indices into the training and the evaluation split.
+        train_x, test_x: ``[N, d]`` and ``[M, d]`` L2-normalised image features of those images.
+        train_y, test_y: ``[N]`` and ``[M]`` labels, positions in ``class_names``.
+        text_features: ``[C, d]`` template-ensemble text feature of every class, in ``class_names`` order.
+        class_names: the scenario's classes, in its (task) order.
+        logit_scale: the backbone's ``s``.
+    """
+
+    train_indices: np.ndarray
+    test_indices: np.ndarray
+    train_x: Tensor
+    train_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+    text_features: Tensor
+    class_names: tuple[str, ...]
+    logit_scale: float
+
+
+def scenario_features(backbone: Backbone, scenario: Any) -> ScenarioFeatures:
+    """Every task's training images (validation images excluded) and evaluation images, encoded.
+
+    Labels are the scenario's (remapped) ones and the text features come from the benchmark's templates,
+    as the learner's zero-shot variant makes them.
     """
     tasks = range(scenario.num_tasks)
     train_idx = np.concatenate([scenario.train_indices(t) for t in tasks])
     test_idx = np.concatenate([scenario.eval_indices(t) for t in tasks])
-    train_x = encode_images(backbone, scenario.benchmark.train, train_idx)
-    test_x = encode_images(backbone, scenario.eval_split, test_idx)
-    train_y = torch.from_numpy(np.asarray(scenario.train_targets)[train_idx])
-    test_y = torch.from_numpy(np.asarray(scenario.eval_targets)[test_idx])
     text = template_text_features(backbone, scenario.class_names, scenario.benchmark.templates).mean.cpu()
-    return headroom(train_x, train_y, test_x, test_y, text, backbone.logit_scale)
+    return ScenarioFeatures(
+        train_indices=train_idx, test_indices=test_idx,
+        train_x=encode_images(backbone, scenario.benchmark.train, train_idx),
+        train_y=torch.from_numpy(np.asarray(scenario.train_targets)[train_idx]),
+        test_x=encode_images(backbone, scenario.eval_split, test_idx),
+        test_y=torch.from_numpy(np.asarray(scenario.eval_targets)[test_idx]),
+        text_features=text, class_names=tuple(scenario.class_names), logit_scale=backbone.logit_scale,
+    )
+
+
+def scenario_headroom(backbone: Backbone, scenario: Any) -> Headroom:
+    """:func:`headroom` on a class-incremental scenario, all its tasks' classes together
+    (:func:`scenario_features`)."""
+    f = scenario_features(backbone, scenario)
+    return headroom(f.train_x, f.train_y, f.test_x, f.test_y, f.text_features, f.logit_scale)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from clapray.shapes.evaluate import (
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY_CONFIG = "quickstart"  # the shipped tiny random-weight config: seconds, no pretraining
+TINY_CONFIG = "tiny"  # the shipped tiny random-weight config: seconds, no pretraining
 TINY_SCENARIO = ["data.shapes.num_classes=6", "data.num_tasks=2", "data.shapes.train_per_class=10",
                  "data.shapes.test_per_class=4"]
 

@@ -53,7 +53,7 @@ def resolve_pretrained(cfg: RunConfig) -> str | None:
         return cfg.backbone.pretrained
     import sys
 
-    from clapray.pretrain import MODEL_NAME, ensure_mini_clip
+    from clapray.shapes.mini_clip import MODEL_NAME, ensure_mini_clip
 
     if cfg.backbone.model != MODEL_NAME:
         raise UserError(f"backbone.pretrained: {MINI_CLIP_TAG} is the pretraining of backbone.model "

@@ -425,14 +425,28 @@ class RunConfig(TypedConfig):
 # Loading a run config.
 
 
-def default_config_path() -> Path:
-    return Path(str(resources.files("clapray") / "configs" / "quickstart.yaml"))
+DEFAULT_CONFIG = "shapes_cl"
+"""The shipped config ``python -m clapray.run`` runs without one: CLAP4CLIP on ``shapes_cl`` with the
+mini-CLIP (pretrained on first use, then cached), a run whose accuracies mean something on a CPU."""
+
+TINY_CONFIG = "tiny"
+"""The shipped smoke-run config: a tiny random-weight backbone, seconds on a CPU, no pretraining."""
 
 
 def shipped_config_paths() -> dict[str, Path]:
-    """Run configs shipped with the package, by name (``quickstart``, ``cifar100``, ...)."""
+    """Run configs shipped with the package, by name (``shapes_cl``, ``tiny``, ``cifar100``, ...)."""
     folder = Path(str(resources.files("clapray") / "configs"))
     return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def shipped_config_path(name: str) -> Path:
+    """The path of the shipped config ``name`` (:func:`shipped_config_paths`)."""
+    return Path(str(resources.files("clapray") / "configs" / f"{name}.yaml"))
+
+
+def default_config_path() -> Path:
+    """The config ``python -m clapray.run`` runs without one (:data:`DEFAULT_CONFIG`)."""
+    return shipped_config_path(DEFAULT_CONFIG)
 
 
 def resolve_config_argument(value: str | None) -> Path:

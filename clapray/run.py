@@ -1,7 +1,8 @@
 """``python -m clapray.run [CONFIG.yaml] [--out DIR] [--set dotted.field=value ...]``: one run, no Ray.
 
-Without a config file the embedded default runs (``clapray/configs/quickstart.yaml``: the generated
-shapes benchmark and a tiny backbone, 5 tasks on CPU). Results go to the Parquet store under DIR
+Without a config file the embedded default runs (``clapray/configs/shapes_cl.yaml``: CLAP4CLIP on the
+generated ``shapes_cl`` benchmark with the mini-CLIP, pretrained on first use and cached; 4 tasks on CPU;
+``tiny`` is the seconds-long smoke run on a random-weight backbone). Results go to the Parquet store under DIR
 (default: the config's ``output_dir``): ``DIR/runs``, ``DIR/tasks``, ``DIR/accuracy``, one row set per
 task as it finishes. The run's own directory ``DIR/<run id>/`` holds the resolved ``config.yaml`` and
 the checkpoint of the last finished task; running the same command again continues from it, and does
@@ -34,7 +35,8 @@ EXIT_RUN_FAILED = 1
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m clapray.run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("config", nargs="?", help="run YAML, or a shipped config name; default: quickstart")
+    parser.add_argument("config", nargs="?",
+                        help="run YAML, or a shipped config name (tiny, shapes_cl, cifar100, ...); default: shapes_cl")
     parser.add_argument("--out", metavar="DIR", help="results store and run directory (default: output_dir)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a field, e.g. --set memory.size=500 (repeatable)")

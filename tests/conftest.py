@@ -28,7 +28,7 @@ def mini_clip_cache(request) -> str:
     """
     from pathlib import Path
 
-    from clapray.pretrain import ensure_mini_clip
+    from clapray.shapes.mini_clip import ensure_mini_clip
 
     root = Path(request.config.cache.mkdir("clapray"))
     before = torch.get_num_threads()

@@ -18,7 +18,7 @@ import torch
 from conftest_data import write_fake_cifar
 
 from clapray.checkpoint import load_checkpoint
-from clapray.config import default_config_path, load_run_config
+from clapray.config import load_run_config, shipped_config_path
 from clapray.data import build_benchmark
 from clapray.errors import DatasetNotFoundError, UserError
 from clapray.learner import ContinualLearner
@@ -62,7 +62,7 @@ def test_the_payload_is_real_and_is_refused(tmp_path, fmt):
 
 
 def test_a_learner_refuses_a_planted_checkpoint_and_resumes_from_a_real_one(tmp_path):
-    cfg = load_run_config(default_config_path(), TINY)
+    cfg = load_run_config(shipped_config_path("tiny"), TINY)
     learner = ContinualLearner(cfg)
     learner.learn_task(0)
     learner.save(tmp_path / "learner.pt")
@@ -80,7 +80,8 @@ def test_a_learner_refuses_a_planted_checkpoint_and_resumes_from_a_real_one(tmp_
 def test_the_run_cli_refuses_a_planted_checkpoint(tmp_path):
     """A finished run's checkpoint replaced by a payload: re-running exits 2 with one line, runs no code and
     changes nothing in the store."""
-    args = [sys.executable, "-m", "clapray.run", "--out", str(tmp_path / "out"), *sum((["--set", s] for s in TINY), [])]
+    args = [sys.executable, "-m", "clapray.run", "tiny", "--out", str(tmp_path / "out"),
+            *sum((["--set", s] for s in TINY), [])]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     first = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]

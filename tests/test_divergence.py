@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from clapray import divergence
-from clapray.config import default_config_path, load_run_config
+from clapray.config import load_run_config, shipped_config_path
 from clapray.learner import ContinualLearner, TrainingDiverged
 from clapray.run import main
 
@@ -20,7 +20,7 @@ TINY = ["method.variant=handcrafted", "data.shapes.num_classes=4", "data.shapes.
 
 
 def learner(*overrides: str) -> ContinualLearner:
-    return ContinualLearner(load_run_config(default_config_path(), [*TINY, *overrides]))
+    return ContinualLearner(load_run_config(shipped_config_path("tiny"), [*TINY, *overrides]))
 
 
 def poison_after_step(monkeypatch) -> None:
@@ -88,7 +88,7 @@ def test_non_finite_logits_at_evaluation_are_caught():
 
 def test_a_diverged_run_is_recorded_as_an_error_with_its_reason(monkeypatch, tmp_path, capsys):
     poison_after_step(monkeypatch)
-    code = main(["--out", str(tmp_path), *sum((["--set", s] for s in TINY), [])])
+    code = main(["tiny", "--out", str(tmp_path), *sum((["--set", s] for s in TINY), [])])
     assert code == 1
     assert "non-finite parameters" in capsys.readouterr().err
     runs = pd.read_parquet(tmp_path / "runs")

@@ -133,10 +133,10 @@ TINY = ["method.variant=handcrafted", "data.shapes.num_classes=6", "data.shapes.
 
 
 def _run(*overrides: str, **kwargs):
-    from clapray.config import default_config_path
+    from clapray.config import shipped_config_path
     from clapray.learner import ContinualLearner
 
-    learner = ContinualLearner(load_run_config(default_config_path(), [*TINY, *overrides]), **kwargs)
+    learner = ContinualLearner(load_run_config(shipped_config_path("tiny"), [*TINY, *overrides]), **kwargs)
     return learner, learner.run()
 
 
@@ -185,7 +185,7 @@ def test_only_frozen_image_towers_use_the_cache():
 def test_run_cli_keeps_the_cache_in_its_store_and_reuses_it(tmp_path):
     from clapray.run import main
 
-    args = ["--out", str(tmp_path), *sum((["--set", s] for s in TINY), [])]
+    args = ["tiny", "--out", str(tmp_path), *sum((["--set", s] for s in TINY), [])]
     assert main(args) == 0
     entries = [p for p in (tmp_path / "feature_cache").iterdir() if p.is_dir()]
     assert len(entries) == 1 and FeatureStore(tmp_path / "feature_cache").build_count(entries[0].name) == 1

@@ -15,7 +15,7 @@ from official_reference import official_herding
 from phase_recorder import PhaseRecorder
 
 from clapray import phases
-from clapray.config import EXEMPLAR_SELECTORS, default_config_path, load_run_config
+from clapray.config import EXEMPLAR_SELECTORS, load_run_config, shipped_config_path
 from clapray.learner import ContinualLearner, TrainingDiverged
 from clapray.results import verify_consistency
 from clapray.run import main
@@ -28,7 +28,7 @@ TINY = ["method.variant=handcrafted", "data.shapes.num_classes=8", "data.shapes.
 
 
 def config(*overrides: str):
-    return load_run_config(default_config_path(), [*TINY, *overrides])
+    return load_run_config(shipped_config_path("tiny"), [*TINY, *overrides])
 
 
 def comparable(result) -> str:
@@ -258,7 +258,7 @@ def test_deterministic_variant_and_per_image_context_run():
 
 
 def run_cli(tmp_path, *extra: str) -> int:
-    return main(["--out", str(tmp_path), *sum((["--set", s] for s in [*TINY, *extra]), [])])
+    return main(["tiny", "--out", str(tmp_path), *sum((["--set", s] for s in [*TINY, *extra]), [])])
 
 
 def test_cli_writes_consistent_parquet_and_resumes_after_a_failure(tmp_path, monkeypatch, capsys):
@@ -299,7 +299,7 @@ def test_cli_writes_consistent_parquet_and_resumes_after_a_failure(tmp_path, mon
 
 
 def test_cli_records_divergence_as_error(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "clapray.run", "--out", str(tmp_path),
+    proc = subprocess.run([sys.executable, "-m", "clapray.run", "tiny", "--out", str(tmp_path),
                            *sum((["--set", s] for s in [*TINY, "optim.lr=100", "optim.lr_rule=fixed",
                                                          "optim.epochs=3"]), [])],
                           capture_output=True, text=True, timeout=300)

@@ -1,7 +1,8 @@
 """Method quality on a benchmark that means something on a CPU (the ``slow`` tier).
 
-The mini-CLIP pretrained on shapes captions (``clapray.pretrain``) meets ``shapes_cl``, classes no
-pretraining caption named, in the shipped ``shapes_cl`` run config (4 tasks x 5 classes, seeds fixed).
+The mini-CLIP pretrained on shapes captions (:mod:`clapray.shapes`, ``python -m clapray.pretrain``) meets
+``shapes_cl``, classes no pretraining caption named, in the shipped ``shapes_cl`` run config (4 tasks x 5
+classes, seeds fixed).
 Every run here is that config with one change, so the checks compare like with like:
 
 a) the mini-CLIP's zero-shot accuracy is far above chance;

@@ -13,10 +13,15 @@ import open_clip
 import pytest
 import torch
 
-import clapray.pretrain as pt
-from clapray.data.shapes import COLOURS, SHAPES, all_shape_classes, sample_attributes, shape_class
+import clapray.pretrain as cli
 from clapray.errors import UserError
 from clapray.model import load_backbone
+from clapray.shapes import captions, pool
+from clapray.shapes import mini_clip as mc
+from clapray.shapes import pretrain as pt
+from clapray.shapes.attributes import COLOURS, SHAPES, all_shape_classes, sample_attributes, shape_class
+from clapray.shapes.benchmark import CONTINUAL_CLASSES, PRETRAIN_CLASSES
+from clapray.shapes.evaluate import evaluate
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # A run of a few seconds: 84 classes x 2 images, batch 16, 3 steps.
@@ -31,7 +36,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_class_split_is_disjoint_and_compositional():
-    cl, pre = pt.CONTINUAL_CLASSES, pt.PRETRAIN_CLASSES
+    cl, pre = CONTINUAL_CLASSES, PRETRAIN_CLASSES
     plain = all_shape_classes(len(COLOURS) * len(SHAPES))
     assert len(cl) >= 50 and len(cl) == 60
     assert not set(cl) & set(pre)
@@ -46,13 +51,13 @@ def test_class_split_is_disjoint_and_compositional():
     # Stable order: the canonical one (the CL set is a prefix, so it contains the default shapes classes).
     assert list(cl) == plain[: len(cl)]
     assert set(all_shape_classes(50)) <= set(cl)
-    assert pt.continual_classes() == cl and pt.pretrain_classes() == pre
+    assert pool.continual_classes() == cl and pool.pretrain_classes() == pre
 
 
 def test_patterned_pretraining_classes_never_name_a_continual_combination():
-    cl = set(pt.CONTINUAL_CLASSES)
-    extra = pt.pretrain_classes(patterned=True)[len(pt.PRETRAIN_CLASSES):]
-    assert len(extra) == 3 * len(pt.PRETRAIN_CLASSES)
+    cl = set(CONTINUAL_CLASSES)
+    extra = pool.pretrain_classes(patterned=True)[len(PRETRAIN_CLASSES):]
+    assert len(extra) == 3 * len(PRETRAIN_CLASSES)
     for name in extra:
         c = shape_class(name)
         assert c.pattern != "plain" and f"{c.colour} {c.shape}" not in cl
@@ -64,12 +69,12 @@ def test_patterned_pretraining_classes_never_name_a_continual_combination():
 
 def test_captions_contain_the_class_phrase_and_vary():
     phrasings = set()
-    for name in pt.PRETRAIN_CLASSES[::7] + pt.PATTERNED_PRETRAIN_CLASSES[::40]:
+    for name in PRETRAIN_CLASSES[::7] + pool.PATTERNED_PRETRAIN_CLASSES[::40]:
         for k in range(25):
             attrs = sample_attributes(3, "train", name, k)
-            caption = pt.compose_caption(attrs, pt.caption_variant(3, name, k))
+            caption = captions.compose_caption(attrs, captions.caption_variant(3, name, k))
             assert name in caption, caption
-            assert caption == pt.compose_caption(attrs, pt.caption_variant(3, name, k))  # deterministic
+            assert caption == captions.compose_caption(attrs, captions.caption_variant(3, name, k))  # deterministic
             assert " a a" not in caption and "a o" not in caption.replace("an o", "")
             phrasings.add(caption.replace(name, "{}"))
     assert len(phrasings) > 50
@@ -77,19 +82,19 @@ def test_captions_contain_the_class_phrase_and_vary():
 
 def test_caption_uses_the_attributes():
     attrs = sample_attributes(0, "train", "red triangle", 0)
-    captions = {pt.compose_caption(attrs, v) for v in range(400)}
-    text = " ".join(captions)
+    phrasings = {captions.compose_caption(attrs, v) for v in range(400)}
+    text = " ".join(phrasings)
     for word in (attrs.size, attrs.background_colour, "red triangle"):
         assert word in text
-    assert any(c.startswith("a photo of a red triangle") for c in captions)
-    assert any("an orange" in pt.compose_caption(sample_attributes(0, "train", "orange heart", k), 0)
+    assert any(c.startswith("a photo of a red triangle") for c in phrasings)
+    assert any("an orange" in captions.compose_caption(sample_attributes(0, "train", "orange heart", k), 0)
                for k in range(3))
 
 
 def test_pretraining_captions_never_name_a_continual_class():
-    pool = pt.render_pool(pt.make_settings(images_per_class=3), 32, open_clip.get_tokenizer(pt.MODEL_NAME))
-    for caption in pool.captions:
-        assert not any(f" {name}" in f" {caption}" for name in pt.CONTINUAL_CLASSES), caption
+    pairs = pool.render_pool(pt.make_settings(images_per_class=3), 32, open_clip.get_tokenizer(pt.MODEL_NAME))
+    for caption in pairs.captions:
+        assert not any(f" {name}" in f" {caption}" for name in CONTINUAL_CLASSES), caption
 
 
 def test_truncated_text_encoder_matches_open_clip():
@@ -118,12 +123,12 @@ def test_settings_key_and_validation(monkeypatch, tmp_path):
     with pytest.raises(UserError, match="model_name"):
         pt.make_settings(model_name="no-such-model")
 
-    monkeypatch.setenv(pt.CACHE_ENV, str(tmp_path / "c"))
-    assert pt.default_cache_dir() == tmp_path / "c" / "mini-clip"
-    assert pt.checkpoint_path(base).parent.parent == tmp_path / "c" / "mini-clip"
-    assert pt.checkpoint_path(base, tmp_path / "d") == tmp_path / "d" / base.key() / "model.pt"
-    monkeypatch.delenv(pt.CACHE_ENV)
-    assert pt.default_cache_dir() == Path.home() / ".cache" / "clapray" / "mini-clip"
+    monkeypatch.setenv(mc.CACHE_ENV, str(tmp_path / "c"))
+    assert mc.default_cache_dir() == tmp_path / "c" / "mini-clip"
+    assert mc.checkpoint_path(base).parent.parent == tmp_path / "c" / "mini-clip"
+    assert mc.checkpoint_path(base, tmp_path / "d") == tmp_path / "d" / base.key() / "model.pt"
+    monkeypatch.delenv(mc.CACHE_ENV)
+    assert mc.default_cache_dir() == Path.home() / ".cache" / "clapray" / "mini-clip"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -132,10 +137,10 @@ def test_settings_key_and_validation(monkeypatch, tmp_path):
 
 def test_tiny_run_loads_is_reused_and_is_deterministic(tmp_path, monkeypatch):
     rng_before = torch.get_rng_state()
-    path = pt.ensure_mini_clip(tmp_path / "a", threads=1, **TINY)
+    path = mc.ensure_mini_clip(tmp_path / "a", threads=1, **TINY)
     assert torch.equal(torch.get_rng_state(), rng_before)  # the caller's RNG is left alone
-    assert path == pt.checkpoint_path(pt.make_settings(**TINY), tmp_path / "a") and path.is_file()
-    assert (path.parent / pt.INFO_NAME).is_file()
+    assert path == mc.checkpoint_path(pt.make_settings(**TINY), tmp_path / "a") and path.is_file()
+    assert (path.parent / mc.INFO_NAME).is_file()
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
 
     backbone = load_backbone(pt.MODEL_NAME, pretrained=str(path))
@@ -143,7 +148,7 @@ def test_tiny_run_loads_is_reused_and_is_deterministic(tmp_path, monkeypatch):
     assert set(state) == set(backbone.model.state_dict())
     torch.testing.assert_close(backbone.model.state_dict()["text_projection"], state["text_projection"])
     assert backbone.context_length == backbone.tokenize(["a red star"]).shape[1]
-    evaluation = pt.evaluate(backbone, pt.CONTINUAL_CLASSES[:6], train_per_class=2, test_per_class=2)
+    evaluation = evaluate(backbone, CONTINUAL_CLASSES[:6], train_per_class=2, test_per_class=2)
     assert evaluation.num_classes == 6 and 0 <= evaluation.zero_shot_acc <= 100
     assert 0 <= evaluation.ncm_acc <= 100 and -1 <= evaluation.mean_cosine <= 1
     assert "chance 16.7%" in evaluation.summary()
@@ -154,19 +159,19 @@ def test_tiny_run_loads_is_reused_and_is_deterministic(tmp_path, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("pretrain() called although the checkpoint is cached")
 
-    monkeypatch.setattr(pt, "pretrain", no_training)
-    assert pt.ensure_mini_clip(tmp_path / "a", threads=1, **TINY) == path
+    monkeypatch.setattr(mc, "pretrain", no_training)
+    assert mc.ensure_mini_clip(tmp_path / "a", threads=1, **TINY) == path
     assert path.stat().st_mtime_ns == stat.st_mtime_ns and path.read_bytes() == data
     monkeypatch.undo()
 
     # Determinism: the same settings elsewhere give the same bytes; another seed does not.
-    again = pt.ensure_mini_clip(tmp_path / "b", threads=1, **TINY)
+    again = mc.ensure_mini_clip(tmp_path / "b", threads=1, **TINY)
     assert again.read_bytes() == data
-    other = pt.ensure_mini_clip(tmp_path / "b", threads=1, **{**TINY, "seed": 1})
+    other = mc.ensure_mini_clip(tmp_path / "b", threads=1, **{**TINY, "seed": 1})
     assert other != again and other.read_bytes() != data
 
     # --force retrains in place and, being deterministic, writes the same bytes again.
-    forced = pt.ensure_mini_clip(tmp_path / "a", force=True, threads=1, **TINY)
+    forced = mc.ensure_mini_clip(tmp_path / "a", force=True, threads=1, **TINY)
     assert forced == path and path.read_bytes() == data
 
 
@@ -175,7 +180,7 @@ def test_training_lowers_the_loss_and_restores_the_caller_settings():
     settings = pt.make_settings(**{**TINY, "steps": 24, "warmup_steps": 4})
     result = pt.pretrain(settings, threads=1, log=None)
     assert not torch.are_deterministic_algorithms_enabled() and torch.get_num_threads() == 1
-    assert result.pool_size == 2 * len(pt.PRETRAIN_CLASSES) and len(result.losses) == 24
+    assert result.pool_size == 2 * len(PRETRAIN_CLASSES) and len(result.losses) == 24
     # A batch of 16 starts near chance, ln(16) = 2.77, and the loss falls as colours are picked up.
     assert result.losses[0] > 2.5
     assert sum(result.losses[-6:]) / 6 < sum(result.losses[:6]) / 6 - 0.1, result.losses
@@ -190,9 +195,9 @@ def test_concurrent_callers_train_once(tmp_path, monkeypatch):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pt, "pretrain", counting)
+    monkeypatch.setattr(mc, "pretrain", counting)
     paths: list[Path] = []
-    workers = [threading.Thread(target=lambda: paths.append(pt.ensure_mini_clip(tmp_path, threads=1, **TINY)))
+    workers = [threading.Thread(target=lambda: paths.append(mc.ensure_mini_clip(tmp_path, threads=1, **TINY)))
                for _ in range(2)]
     for w in workers:
         w.start()
@@ -208,11 +213,11 @@ def test_concurrent_callers_train_once(tmp_path, monkeypatch):
 
 def test_cli_reuses_a_cached_checkpoint(tmp_path, capsys, monkeypatch):
     settings = pt.make_settings(steps=1)
-    path = pt.checkpoint_path(settings, tmp_path)
+    path = mc.checkpoint_path(settings, tmp_path)
     path.parent.mkdir(parents=True)
     path.write_bytes(b"cached")
-    monkeypatch.setattr(pt, "pretrain", lambda *a, **k: pytest.fail("retrained a cached checkpoint"))
-    assert pt.main(["--steps", "1", "--cache-dir", str(tmp_path), "--no-eval"]) == 0
+    monkeypatch.setattr(mc, "pretrain", lambda *a, **k: pytest.fail("retrained a cached checkpoint"))
+    assert cli.main(["--steps", "1", "--cache-dir", str(tmp_path), "--no-eval"]) == 0
     out = capsys.readouterr().out
     assert "reusing" in out and str(path) in out.splitlines()
     assert path.read_bytes() == b"cached"
@@ -225,7 +230,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and "steps" in proc.stderr and "Traceback" not in proc.stderr
     with pytest.raises(SystemExit) as exit_info:
-        pt.main(["--cache-dir", str(tmp_path), "--threads", "0"])
+        cli.main(["--cache-dir", str(tmp_path), "--threads", "0"])
     assert exit_info.value.code == 2 and "--threads" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
 
@@ -237,12 +242,12 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 @pytest.mark.slow
 def test_default_pretraining_transfers_to_the_continual_classes(mini_clip_cache):
     torch.set_num_threads(2)
-    path = pt.ensure_mini_clip(Path(mini_clip_cache) / "mini-clip")
+    path = mc.ensure_mini_clip(Path(mini_clip_cache) / "mini-clip")
     backbone = load_backbone(pt.MODEL_NAME, pretrained=str(path))
-    result = pt.evaluate(backbone)
+    result = evaluate(backbone)
     torch.manual_seed(0)
-    random = pt.evaluate(load_backbone(pt.MODEL_NAME))
-    assert result.num_classes == len(pt.CONTINUAL_CLASSES)
+    random = evaluate(load_backbone(pt.MODEL_NAME))
+    assert result.num_classes == len(CONTINUAL_CLASSES)
     # Chance is 1.7%; the default run measured 29.5% zero-shot, 28.2% nearest-class-mean and a mean
     # inter-class cosine of 0.05 (the random model: 2.3%, 3.8% and 0.73).
     assert result.zero_shot_acc > 15.0, result.summary()
@@ -258,8 +263,8 @@ def test_the_clapray_shapes_tag_resolves_to_the_cached_checkpoint(tmp_path, monk
     with pytest.raises(UserError, match="backbone.pretrained: clapray-shapes is the pretraining of"):
         resolve_pretrained(cfg)
     # With a checkpoint in place (here a tiny one) the tag resolves to it without training anything.
-    monkeypatch.setattr(pt, "make_settings", lambda **overrides: pt.PretrainSettings(**TINY).validate())
-    path = pt.ensure_mini_clip(tmp_path / "mini-clip")
+    monkeypatch.setattr(mc, "make_settings", lambda **overrides: pt.PretrainSettings(**TINY).validate())
+    path = mc.ensure_mini_clip(tmp_path / "mini-clip")
     cfg = load_run_config(None, [f"backbone.pretrained={MINI_CLIP_TAG}", f"backbone.model={pt.MODEL_NAME}",
                                  f"backbone.cache_dir={tmp_path}"])
     assert resolve_pretrained(cfg) == str(path)

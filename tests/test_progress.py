@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from clapray.config import default_config_path, load_run_config
+from clapray.config import load_run_config, shipped_config_path
 from clapray.errors import UserError
 from clapray.progress import (
     HEARTBEAT_ENV,
@@ -99,7 +99,7 @@ def observed_runs():
         for name, overrides in (("clap", ["method.variant=handcrafted", "memory.selector=herding"]),
                                 ("zeroshot", ["method.variant=zeroshot"])):
             calls: list[tuple[int, str, int, int]] = []
-            cfg = load_run_config(default_config_path(), [*TINY, *overrides])
+            cfg = load_run_config(shipped_config_path("tiny"), [*TINY, *overrides])
             learner = ContinualLearner(cfg, progress=lambda *args, calls=calls: calls.append(args))
             out[name] = (learner.run(), calls)
     finally:
@@ -162,7 +162,7 @@ def test_a_single_run_prints_heartbeats(tmp_path, monkeypatch):
     from clapray.run import execute
 
     monkeypatch.setenv(HEARTBEAT_ENV, "0")
-    cfg = load_run_config(default_config_path(), [*TINY, f"output_dir={tmp_path}"])
+    cfg = load_run_config(shipped_config_path("tiny"), [*TINY, f"output_dir={tmp_path}"])
     out = io.StringIO()
     before = torch.get_num_threads()
     torch.set_num_threads(1)

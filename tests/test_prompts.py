@@ -24,7 +24,7 @@ from clapray.model.prompts import TowerDims, load_all_variants
 from clapray.model.vga import task_attention_mask
 
 # A 3-task shapes scenario on the tiny random-weight backbone, set field by field (independent of the
-# shipped quickstart config).
+# shipped tiny config).
 TINY = ["backbone.model=clapray-tiny-vit", "backbone.pretrained=null", "device=cpu", "data.dataset=shapes",
         "data.num_workers=0", "data.shapes.num_classes=6", "data.shapes.train_per_class=4",
         "data.shapes.test_per_class=2", "data.shapes.image_size=32", "data.num_tasks=3", "optim.epochs=1",
@@ -415,7 +415,7 @@ def test_runs_table_counts_what_the_variant_trains(tmp_path, one_thread):
         store = tmp_path / official
         overrides = [*TINY, "method.variant=maple", f"method.prompt.maple_official_untrained={official}",
                      "data.num_tasks=2", "data.shapes.num_classes=4", "eval.phndd=false"]
-        assert main(["--out", str(store), *sum((["--set", s] for s in overrides), [])]) == 0
+        assert main(["tiny", "--out", str(store), *sum((["--set", s] for s in overrides), [])]) == 0
         counts[official] = int(pd.read_parquet(store / "runs").loc[0, "trainable_params"])
     dims = TowerDims.from_model_config("clapray-tiny-vit")
     deep = (PROMPT_REGISTRY["maple"].parameter_count(dims, PromptConfig())

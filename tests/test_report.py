@@ -404,7 +404,7 @@ def test_report_on_a_real_run_store(tmp_path, capsys, one_thread):
 
     small = ["data.shapes.num_classes=8", "data.shapes.train_per_class=4", "data.shapes.test_per_class=6",
              "data.num_tasks=4", "method.variant=zeroshot"]
-    assert run_main(["--out", str(tmp_path), *sum((["--set", s] for s in small), [])]) == 0
+    assert run_main(["tiny", "--out", str(tmp_path), *sum((["--set", s] for s in small), [])]) == 0
     calibration = pd.read_parquet(tmp_path / "calibration")
     assert sorted(calibration["task"].unique()) == [0, 1, 2, 3]
     tasks = pd.read_parquet(tmp_path / "tasks")

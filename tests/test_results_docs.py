@@ -86,7 +86,7 @@ def test_each_variant_reads_exactly_the_prompt_options_its_catalogue_entry_decla
     the options it touches are the ones its catalogue entry declares (and so the ones the store keeps)."""
     import torch
 
-    from clapray.config import PromptConfig, default_config_path
+    from clapray.config import PromptConfig, shipped_config_path
     from clapray.learner import ContinualLearner
     from clapray.model.prompts import build_prompt_variant
 
@@ -108,7 +108,8 @@ def test_each_variant_reads_exactly_the_prompt_options_its_catalogue_entry_decla
         for spec in VARIANTS.values():
             if not spec.learns:
                 continue
-            learner = ContinualLearner(load_run_config(default_config_path(), [*tiny, f"method.variant={spec.name}"]))
+            cfg = load_run_config(shipped_config_path("tiny"), [*tiny, f"method.variant={spec.name}"])
+            learner = ContinualLearner(cfg)
             options = Recording(learner.cfg.method.prompt)
             learner.prompt = build_prompt_variant(spec.name, learner.backbone, learner.templates, options)
             learner.learn_task(0)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from clapray.builders import build_backbone, build_scenario_from_config
-from clapray.config import default_config_path, load_run_config
+from clapray.config import load_run_config, resolve_config_argument, shipped_config_path
 from clapray.metrics.step import step_metrics
 from clapray.results import verify_consistency
 from clapray.run import main
@@ -67,13 +67,27 @@ def test_missing_dataset_exits_2_naming_the_path(tmp_path):
 
 
 def test_dry_run_prints_the_resolved_config(capsys):
-    assert main(["--dry-run", "--set", "memory.selector=herding"]) == 0
+    assert main(["tiny", "--dry-run", "--set", "memory.selector=herding"]) == 0
     printed = capsys.readouterr().out
-    assert "selector: herding" in printed and "dataset: shapes" in printed
+    assert "selector: herding" in printed and "dataset: shapes\n" in printed
+
+
+def test_the_default_run_is_clap_on_shapes_cl_with_the_mini_clip(capsys, monkeypatch):
+    # Without a config: a run whose numbers mean something (the pretrained mini-CLIP, held-out classes),
+    # not the random-weight smoke run. The dry run checks it without pretraining anything.
+    import clapray.shapes.mini_clip as mini_clip
+
+    monkeypatch.setattr(mini_clip, "pretrain", lambda *a, **k: pytest.fail("a dry run pretrained"))
+    assert main(["--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    for line in ("model: clapray-mini-vit", "pretrained: clapray-shapes", "dataset: shapes_cl",
+                 "variant: handcrafted"):
+        assert f"  {line}\n" in printed, printed
+    assert load_run_config(resolve_config_argument(None)) == load_run_config(shipped_config_path("shapes_cl"))
 
 
 def test_zeroshot_run_writes_the_store_and_is_deterministic(tmp_path, capsys):
-    args = ["--out", str(tmp_path), "--set", "method.variant=zeroshot", *sum((["--set", s] for s in SMALL), [])]
+    args = ["tiny", "--out", str(tmp_path), "--set", "method.variant=zeroshot", *sum((["--set", s] for s in SMALL), [])]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert out.count("task ") == 4 and "done:" in out
@@ -93,7 +107,7 @@ def test_zeroshot_run_writes_the_store_and_is_deterministic(tmp_path, capsys):
 
 
 def test_shapes_ten_task_scenario_is_quick_and_tiny_backbone_encodes_it():
-    cfg = load_run_config(default_config_path(), ["data.num_tasks=10", "data.shapes.num_classes=50",
+    cfg = load_run_config(shipped_config_path("tiny"), ["data.num_tasks=10", "data.shapes.num_classes=50",
                                                   "data.shapes.train_per_class=100"])
     start = time.perf_counter()
     scenario = build_scenario_from_config(cfg)
@@ -117,7 +131,7 @@ def test_zeroshot_step_metrics_follow_task_indexing():
     accuracy of task 1 is 100 since its own block is correct among its own classes). Off-by-one errors
     in the seen-class slice or the task masks change these numbers.
     """
-    cfg = load_run_config(default_config_path(), ["data.num_tasks=2", "data.shapes.num_classes=4",
+    cfg = load_run_config(shipped_config_path("tiny"), ["data.num_tasks=2", "data.shapes.num_classes=4",
                                                   "data.shapes.test_per_class=3", "eval.batch_size=2"])
     scenario = build_scenario_from_config(cfg)
     labels = np.repeat(np.arange(4), 3)  # 12 images, classes 0..3, tasks 0,0,1,1

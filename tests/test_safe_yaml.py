@@ -67,7 +67,7 @@ def test_duplicate_key_in_a_sweep(tmp_path):
     from clapray.sweep import load_sweep_config
 
     path = tmp_path / "s.yaml"
-    path.write_text("name: s\nbase: quickstart\nretries: 0\nretries: 1\n")
+    path.write_text("name: s\nbase: tiny\nretries: 0\nretries: 1\n")
     with pytest.raises(ConfigError, match=r"s\.yaml: line 4: .*'retries' a second time"):
         load_sweep_config(path)
 

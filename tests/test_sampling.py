@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clapray.config import default_config_path, load_run_config
+from clapray.config import load_run_config, shipped_config_path
 from clapray.learner import ContinualLearner
 from clapray.metrics import per_batch_ece
 from clapray.sampling import evaluation_batches
@@ -60,7 +60,7 @@ def test_per_batch_ece_follows_the_real_batches():
 
 @pytest.mark.parametrize("order", ["shuffled", "sorted"])
 def test_the_learner_evaluates_in_the_planned_batches(one_thread, order):
-    cfg = load_run_config(default_config_path(), [
+    cfg = load_run_config(shipped_config_path("tiny"), [
         "backbone.model=clapray-tiny-vit", "backbone.pretrained=null", "data.shapes.num_classes=6",
         "data.shapes.train_per_class=2", "data.shapes.test_per_class=5", "data.num_tasks=3",
         "optim.batch_size=4", "optim.epochs=1", "method.vga.ff_dim=32", f"eval.order={order}",
@@ -92,7 +92,7 @@ def test_the_learner_evaluates_in_the_planned_batches(one_thread, order):
 
 
 def test_reevaluate_draws_again_without_touching_the_run(one_thread):
-    cfg = load_run_config(default_config_path(), [
+    cfg = load_run_config(shipped_config_path("tiny"), [
         "backbone.model=clapray-tiny-vit", "backbone.pretrained=null", "data.shapes.num_classes=4",
         "data.shapes.train_per_class=3", "data.shapes.test_per_class=6", "data.num_tasks=2",
         "optim.batch_size=4", "optim.epochs=1", "method.vga.ff_dim=32", "method.mc_samples_train=1",

@@ -21,9 +21,10 @@ import pytest
 from PIL import Image
 
 import clapray
-import clapray.data.shapes as shapes
+import clapray.shapes.benchmark as shapes_benchmark
 from clapray.data.base import Benchmark, LabeledImages, build_benchmark, list_benchmarks
-from clapray.data.shapes import (
+from clapray.errors import UserError
+from clapray.shapes.attributes import (
     BACKGROUND_COLOURS,
     BACKGROUNDS,
     COLOURS,
@@ -34,17 +35,13 @@ from clapray.data.shapes import (
     PLAIN_STYLES,
     SHAPES,
     SIZES,
-    TEMPLATES,
     ShapeAttributes,
-    ShapesSplit,
     all_shape_classes,
-    build_shapes,
-    render_shape,
     sample_attributes,
     shape_class,
-    shape_coverage,
 )
-from clapray.errors import UserError
+from clapray.shapes.benchmark import TEMPLATES, ShapesSplit, build_shapes
+from clapray.shapes.render import render_shape, shape_coverage
 
 SMALL = dict(num_classes=6, train_per_class=5, test_per_class=3, image_size=32)
 
@@ -90,7 +87,7 @@ def test_building_renders_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("rendered while building")
 
-    monkeypatch.setattr(shapes, "render_shape", refuse)
+    monkeypatch.setattr(shapes_benchmark, "render_shape", refuse)
     bench = build_shapes(tmp_path, num_classes=MAX_CLASSES, train_per_class=1000, test_per_class=1000)
     assert len(bench.train) == MAX_CLASSES * 1000
     assert bench.train.targets[-1] == MAX_CLASSES - 1
@@ -120,7 +117,7 @@ def test_same_seed_same_images_in_another_process(tmp_path: Path) -> None:
     indices = [0, 5, 17, 29]
     here = _digest(build_shapes(tmp_path, **SMALL, seed=9).train, indices)
     code = (
-        "import hashlib; from clapray.data.shapes import build_shapes\n"
+        "import hashlib; from clapray.shapes.benchmark import build_shapes\n"
         f"b = build_shapes('.', **{SMALL!r}, seed=9)\n"
         "h = hashlib.sha256()\n"
         f"for i in {indices!r}: h.update(b.train[i][0].tobytes())\n"
@@ -362,7 +359,7 @@ def test_cache_matches_lazy_rendering(tmp_path: Path, monkeypatch: pytest.Monkey
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.name.endswith(".tmp")]
     # Items come from the cache, not from rendering.
     expected = lazy.train[5][0].tobytes()
-    monkeypatch.setattr(shapes, "render_shape", lambda *a, **k: pytest.fail("rendered despite the cache"))
+    monkeypatch.setattr(shapes_benchmark, "render_shape", lambda *a, **k: pytest.fail("rendered despite the cache"))
     assert cached.train[5][0].tobytes() == expected
 
 

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from clapray import results as R
-from clapray.config import default_config_path, load_run_config
+from clapray.config import load_run_config, shipped_config_path
 from clapray.learner import ContinualLearner
 from clapray.results.compact import compact
 
@@ -62,7 +62,7 @@ def mixed_store(tmp_path_factory):
     reported: dict[str, set[str]] = {}
     try:
         for seed, (run_id, overrides, outcome) in enumerate(KINDS):
-            cfg = load_run_config(default_config_path(), [*TINY, *overrides])
+            cfg = load_run_config(shipped_config_path("tiny"), [*TINY, *overrides])
             ids = {"sweep": "mixed", "cell": run_id, "trial_id": run_id, "seed": seed}
             learner = ContinualLearner(cfg)
             writer = R.RunWriter(root, run_id, cfg, ids=ids, provenance=learner.provenance())

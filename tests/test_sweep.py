@@ -47,13 +47,13 @@ def test_every_shipped_sweep_dry_runs(path):
 
 def test_bad_sweep_exits_2_with_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: x\nbase: quickstart\ngrid:\n  method.vga.depht: [1, 2]\n")
+    bad.write_text("name: x\nbase: tiny\ngrid:\n  method.vga.depht: [1, 2]\n")
     proc = sweep_cli(str(bad), "--dry-run", timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "grid.method.vga.depht" in proc.stderr
 
 
-# The shipped quickstart on the tiny random-weight backbone (no pretraining) and its two CLAP cells.
+# The shipped quickstart sweep on the tiny random-weight backbone (no pretraining) and its two CLAP cells.
 SMALL = ["set.backbone.model=clapray-tiny-vit", "set.backbone.pretrained=null", "grid.setting=[standard, replay_free]",
          "set.data.shapes.num_classes=6", "set.data.shapes.train_per_class=8", "set.data.shapes.test_per_class=4",
          "set.data.num_tasks=3", "set.optim.batch_size=8", "search.trials_per_cell=1", "seeds=[0]",
@@ -178,7 +178,7 @@ def test_sweep_of_eight_trials_encodes_the_images_once(tmp_path):
     seed 3 is made to fail after its first task (no retries): its line gives the reason and the log."""
     sweep = tmp_path / "eight.yaml"
     sweep.write_text(
-        "name: eight\nbase: quickstart\n"
+        "name: eight\nbase: tiny\n"
         "set: {method.variant: handcrafted, data.num_tasks: 2, data.shapes.num_classes: 4,\n"
         "      data.shapes.train_per_class: 6, data.shapes.test_per_class: 3, optim.batch_size: 8,\n"
         "      method.vga.ff_dim: 64, method.mc_samples_train: 2, method.mc_samples_eval: 2}\n"

@@ -22,10 +22,10 @@ from clapray.sweep.model import REPORTED_METRICS, Distribution, SweepConfig
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))
 
-# A small valid sweep on the CPU quickstart base; error tests change one thing in it.
+# A small valid sweep on the tiny random-weight base; error tests change one thing in it.
 MINIMAL: dict[str, Any] = {
     "name": "t",
-    "base": "quickstart",
+    "base": "tiny",
     "set": {"method.variant": "handcrafted"},
     "grid": {"setting": ["standard", "replay_free"]},
     "search": {"trials_per_cell": 2, "space": {"method.kd_weight": {"float": [0.0, 30.0]}}},
@@ -407,7 +407,7 @@ def test_other_errors(tmp_path):
     assert_error(load_error(tmp_path, variant(search={"trials_per_cell": 3})), source, "search.trials_per_cell",
                  "1 or null when search.space is empty")
     assert_error(load_error(tmp_path, variant(base="no-such-config")), source, "base",
-                 "a shipped run config name (", "quickstart")
+                 "a shipped run config name (", "tiny")
     assert_error(load_error(tmp_path, variant(base={"memory": {"size": -5}})), source, "base.memory.size",
                  "integer >= 0")
     data = variant(**space(method__mc_samples_train={"choice": [1, 5]}))
@@ -419,8 +419,8 @@ def test_other_errors(tmp_path):
 def test_base_path_is_resolved_against_the_sweep_file(tmp_path, monkeypatch):
     (tmp_path / "runs").mkdir()
     run_yaml = tmp_path / "runs" / "mine.yaml"
-    quickstart = (ROOT / "clapray" / "configs" / "quickstart.yaml").read_text()
-    run_yaml.write_text(quickstart.replace("optim:\n  epochs: 1\n", "optim:\n  epochs: 3\n"))
+    tiny = (ROOT / "clapray" / "configs" / "tiny.yaml").read_text()
+    run_yaml.write_text(tiny.replace("optim:\n  epochs: 1\n", "optim:\n  epochs: 3\n"))
     folder = tmp_path / "sweeps"
     folder.mkdir()
     path = write_sweep(folder, variant(base="../runs/mine.yaml"))
@@ -588,7 +588,7 @@ def test_no_grid_is_one_cell(tmp_path):
 def test_values_are_normalised_by_the_run_config(tmp_path):
     # YAML reads 1e-3 (no dot) as a string; the run config and hence the cells see the number.
     path = tmp_path / "sweep.yaml"
-    path.write_text("name: t\nbase: quickstart\nset: {method.variant: handcrafted}\n"
+    path.write_text("name: t\nbase: tiny\nset: {method.variant: handcrafted}\n"
                     "grid: {optim.lr: [1e-3, 2e-3]}\n")
     sweep = load_sweep_config(path)
     assert [c.overrides["optim.lr"] for c in sweep.cells()] == [0.001, 0.002]

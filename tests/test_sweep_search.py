@@ -16,7 +16,7 @@ from clapray.sweep.search import CellSearch
 from clapray.sweep.studies import StudyJournal, load_studies
 
 SWEEP = {
-    "name": "s", "base": "quickstart",
+    "name": "s", "base": "tiny",
     "grid": {"setting": ["standard", "replay_free"]},
     "search": {"algorithm": "tpe", "seed": 3, "metric": "avg_acc", "trials_per_cell": 3, "space": {
         "method.kd_weight": {"float": [0.0, 30.0]},

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest_data import FAKE_DATA
 
-from clapray.config import default_config_path, load_run_config, resolve_config_argument
+from clapray.config import load_run_config, resolve_config_argument, shipped_config_path
 from clapray.data import BenchmarkShape, benchmark_shape, build_benchmark, build_scenario, list_benchmarks
 from clapray.errors import ConfigError, UserError
 from clapray.validation import (
@@ -28,7 +28,7 @@ SMALL = ["data.shapes.num_classes=12", "data.num_tasks=3"]
 
 
 def cfg_with(*overrides: str):
-    return load_run_config(default_config_path(), [*SMALL, *overrides])
+    return load_run_config(shipped_config_path("tiny"), [*SMALL, *overrides])
 
 
 def refused(*overrides: str) -> str:

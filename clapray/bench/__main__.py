@@ -11,6 +11,7 @@ to build the command line, so keep module tops light and import heavy dependenci
     python -m clapray.bench ray                          # Ray Tune/Train overhead per trial
     python -m clapray.bench eval-noise                   # how much one model's Last moves with the MC draws
     python -m clapray.bench yaml                         # cost of refusing hostile YAML vs yaml.safe_load
+    python -m clapray.bench headroom                     # zero-shot vs linear-probe ceiling of frozen features
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ SUBCOMMANDS: dict[str, str] = {
     "ray": "clapray.bench.ray_overhead",
     "eval-noise": "clapray.bench.eval_noise",
     "yaml": "clapray.bench.hostile_yaml",
+    "headroom": "clapray.bench.headroom",
 }
 
 

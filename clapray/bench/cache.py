@@ -43,7 +43,7 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from clapray.builders import build_backbone, build_scenario_from_config, resolve_device
-    from clapray.config import default_config_path, load_run_config
+    from clapray.config import load_run_config, shipped_config_path
     from clapray.errors import UserError
     from clapray.features.provide import features_for
     from clapray.learner import ContinualLearner
@@ -60,8 +60,8 @@ def main(args: argparse.Namespace) -> int:
         f"data.shapes.test_per_class={args.test_per_class}", f"optim.epochs={args.epochs}",
         "method.mc_samples_train=20", "method.mc_samples_eval=20", "data.num_workers=0",
     ]
-    naive_cfg = load_run_config(default_config_path(), [*overrides, "data.feature_cache=false"])
-    cached_cfg = load_run_config(default_config_path(), overrides)
+    naive_cfg = load_run_config(shipped_config_path("tiny"), [*overrides, "data.feature_cache=false"])
+    cached_cfg = load_run_config(shipped_config_path("tiny"), overrides)
     device = resolve_device(naive_cfg)
     backbone = build_backbone(naive_cfg, device)
     scenario = build_scenario_from_config(naive_cfg)

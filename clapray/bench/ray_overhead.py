@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _sweep_yaml(trials: int, tasks: int, images: int, concurrent: int, variant: str) -> str:
     seeds = ", ".join(str(s) for s in range(trials))
     return f"""name: bench-ray
-base: quickstart
+base: tiny
 set:
   method.variant: {variant}
   data.num_tasks: {tasks}

@@ -5,7 +5,8 @@ Importing this package registers every benchmark builder (``cifar100``, ``imagen
 Ray/Optuna; the transform helpers import torchvision when called.
 """
 
-from clapray.data import chain, cifar, folders, shapes, shapes_cl  # noqa: F401  (registration side effects)
+import clapray.shapes.benchmark  # noqa: F401  (registers shapes and shapes_cl)
+from clapray.data import chain, cifar, folders  # noqa: F401  (registration side effects)
 from clapray.data.base import (
     Benchmark,
     BenchmarkShape,

@@ -29,8 +29,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-import resource
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -55,16 +53,16 @@ from clapray.features.provide import features_for, uses_feature_cache
 from clapray.losses import mc_cross_entropy
 from clapray.metrics.step import step_metrics
 from clapray.metrics.transfer import next_task_accuracies
-from clapray.model.adapters import ProbabilisticAdapter
-from clapray.model.clap import ClapHead, HeadOutput
+from clapray.model.clap import ClapHead, HeadOutput, final_learned_parameter_count
 from clapray.model.prompts import PromptText, build_prompt_variant, variant_class
 from clapray.model.prompts.zeroshot import zero_shot_logits
 from clapray.model.text_features import template_text_features
-from clapray.progress import ProgressHook
+from clapray.progress import ProgressHook, batch_ticker
 from clapray.sampling import PlannedViews, derive_seed, epoch_plan, evaluation_batches, seed_phase
 from clapray.schedule import cosine_with_warmup, warmup_steps
 from clapray.task_result import RunProvenance, TaskResult
 from clapray.task_setup import TaskSetup, task_setup
+from clapray.usage import peak_memory_mb
 
 CHECKPOINT_VERSION = 4  # 3: a LayerNorm per adapter head (mu_norm, sigma_norm); 4: plain values only (NumPy's RNG
 # state as a tensor), read with weights_only=True
@@ -180,7 +178,7 @@ class ContinualLearner:
             task=task, num_tasks=self.num_tasks, losses=losses,
             timings={"train": train_s, "consolidate": consolidate_s, "evaluate": evaluate_s,
                      "total": time.perf_counter() - start},
-            peak_memory_mb=self._peak_memory_mb(),
+            peak_memory_mb=peak_memory_mb(self.device),
             extra={"n_steps": main.steps, "n_consolidation_steps": consolidated.steps,
                    "memory_size": len(self.memory), "trainable_params": self.trainable_parameter_count(),
                    **transfer},
@@ -422,7 +420,7 @@ class ContinualLearner:
         seed_phase(self.cfg.seeds.init, task, "memory")  # the MC draws the model-based selectors read
 
         def predict(indices: np.ndarray, flips: np.ndarray | None, samples: bool) -> tuple[Tensor, Tensor | None]:
-            tick = self._ticker(task, "memory", math.ceil(len(indices) / self.eval_batch_size))
+            tick = batch_ticker(self.progress, task, "memory", math.ceil(len(indices) / self.eval_batch_size))
             if flips is None:
                 batches = self._image_batches(self.scenario.benchmark.train, indices)
             else:
@@ -433,20 +431,6 @@ class ContinualLearner:
                       new_indices=self.scenario.train_indices(task), targets=np.asarray(self.scenario.train_targets),
                       options=self.cfg.memory, seed=self.cfg.seeds.init, batch_size=self.eval_batch_size,
                       predict=predict)
-
-    def _ticker(self, task: int, phase: str, total: int) -> Callable[[], None] | None:
-        """A counter of the batches of ``phase`` that reports each to the progress hook (None without one)."""
-        hook = self.progress
-        if hook is None:
-            return None
-        done = 0
-
-        def tick() -> None:
-            nonlocal done
-            done += 1
-            hook(task, phase, done, total)
-
-        return tick
 
     @torch.no_grad()
     def _predict(self, batches: Iterator[Tensor], setup: TaskSetup, *, want_features: bool = False,
@@ -487,7 +471,8 @@ class ContinualLearner:
             # The images of every later task as one stream (official): batches mix the future tasks.
             later = evaluation_batches([scenario.eval_indices(j) for j in range(task + 1, self.num_tasks)],
                                        mixed=True, stream=f"future-after-{task}", **batching)
-        tick = self._ticker(task, "evaluate", len(seen.batch_sizes) + (len(later.batch_sizes) if later else 0))
+        batches = len(seen.batch_sizes) + (len(later.batch_sizes) if later else 0)
+        tick = batch_ticker(self.progress, task, "evaluate", batches)
         logits = self._predict(self._image_batches(scenario.eval_split, seen.indices, seen.batch_sizes), setup,
                                tick=tick)[0]
         targets = np.asarray(scenario.eval_targets)[seen.indices]
@@ -554,30 +539,14 @@ class ContinualLearner:
         return head + self.prompt.learned_parameter_count()
 
     def final_trainable_parameter_count(self) -> int:
-        """Trainable parameters once every task is learned: VGA, the final number of adapters (and task
-        tokens) and the prompt variant's trained parameters; 0 for zero-shot."""
-        if self.head is None:
-            return 0
-        vga = sum(p.numel() for p in self.head.vga.parameters()) if self.head.vga is not None else 0
-        adapters = self.num_tasks if self.head.task_specific else 1
-        probe = ProbabilisticAdapter(self.head.dim, layer_norm=self.head.layer_norm,
-                                     deterministic=self.head.deterministic)
-        tokens = self.num_tasks * self.head.dim if self.head.task_tokens is not None else 0
-        return (vga + adapters * sum(p.numel() for p in probe.parameters()) + tokens
-                + self.prompt.learned_parameter_count())
+        """Trainable parameters once every task is learned (:func:`final_learned_parameter_count`)."""
+        return final_learned_parameter_count(self.head, self.prompt, self.num_tasks)
 
     def provenance(self) -> RunProvenance:
         """What the runs table records about this run beside its configuration."""
         return RunProvenance(dataset_fingerprint=self.scenario.benchmark.fingerprint(),
                              trainable_params=self.final_trainable_parameter_count(),
                              used_feature_cache=self.uses_feature_cache)
-
-    def _peak_memory_mb(self) -> float:
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / 2**20
-        # ru_maxrss is KiB on Linux, bytes on macOS: the process's peak resident set.
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return rss / (2**20 if sys.platform == "darwin" else 2**10)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue the run after ``tasks_done`` tasks."""

@@ -197,3 +197,17 @@ def format_duration(seconds: float) -> str:
     if s < 3600:
         return f"{s // 60}m{s % 60:02d}s"
     return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def batch_ticker(hook: ProgressHook | None, task: int, phase: str, total: int) -> Callable[[], None] | None:
+    """A counter of the ``total`` batches of ``phase`` that reports each one to ``hook`` (None without one)."""
+    if hook is None:
+        return None
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        hook(task, phase, done, total)
+
+    return tick

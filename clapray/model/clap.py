@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -234,3 +235,15 @@ class ClapHead(nn.Module):
         if n_context == 0:
             return None
         return random_share() if n_context == batch else images[in_task]
+
+
+def final_learned_parameter_count(head: ClapHead | None, prompt: Any, num_tasks: int) -> int:
+    """Trainable parameters once all ``num_tasks`` tasks are learned: VGA, the final number of adapters (and
+    task tokens) and the prompt variant's trained parameters; 0 without a head (zero-shot)."""
+    if head is None:
+        return 0
+    vga = sum(p.numel() for p in head.vga.parameters()) if head.vga is not None else 0
+    adapters = num_tasks if head.task_specific else 1
+    probe = ProbabilisticAdapter(head.dim, layer_norm=head.layer_norm, deterministic=head.deterministic)
+    tokens = num_tasks * head.dim if head.task_tokens is not None else 0
+    return vga + adapters * sum(p.numel() for p in probe.parameters()) + tokens + prompt.learned_parameter_count()

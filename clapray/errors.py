@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import reprlib
 import sys
 from collections.abc import Callable
 from typing import TypeVar
 
 EXIT_USER_ERROR = 2
+# 128 + SIGPIPE, what a shell reports for a command whose reader closed the pipe.
+EXIT_BROKEN_PIPE = 141
 
 F = TypeVar("F", bound=Callable[..., int | None])
 
@@ -85,5 +88,11 @@ def exit_on_user_error(main: F) -> F:
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(EXIT_USER_ERROR) from None
+        except BrokenPipeError:
+            # The reader of our output went away (`... | head`): stop quietly, as Unix tools do. Python would
+            # otherwise print a traceback here and another one when it flushes stdout at exit.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise SystemExit(EXIT_BROKEN_PIPE) from None
 
     return wrapper  # type: ignore[return-value]

@@ -137,3 +137,20 @@ def test_a_valid_config_passes_the_dry_run(tmp_path):
         proc = run_cli(Case(cli, (target,), ""), tmp_path, dry_run=True)
         assert proc.returncode == 0, proc.stderr
         assert sorted(p.name for p in tmp_path.iterdir()) == ["small.yaml", "sweep.yaml"]
+
+
+def test_a_closed_output_pipe_ends_quietly(tmp_path):
+    """`python -m clapray.run --fields | head -1`: the reader goes away; no traceback, the shell's 141."""
+    import fcntl
+
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, getattr(fcntl, "F_SETPIPE_SZ", 1031), 4096)  # smaller than the ~18 kB it prints
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "clapray.run", "--fields"], stdout=write_end,
+                            stderr=subprocess.PIPE, env=env, cwd=tmp_path)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        assert reader.readline()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141, err
+    assert b"Traceback" not in err and b"BrokenPipe" not in err

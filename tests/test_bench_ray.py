@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_bench_ray_breaks_each_trial_down_and_saves_measured_seconds(tmp_path):
     saved = tmp_path / "_bench" / "ray.json"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_TMPDIR": os.environ.get("RAY_TMPDIR", str(tmp_path / "ray"))}
+    # Ray's own temp dir (or the caller's RAY_TMPDIR): a pytest tmp_path is too deep for its socket paths.
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-m", "clapray.bench", "ray", "--trials", "2", "--tasks", "1",
                            "--images", "2", "--concurrent", "2", "--variant", "coop", "--save", str(saved)],
                           capture_output=True, text=True, cwd=REPO, timeout=900, env=env)

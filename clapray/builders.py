@@ -53,13 +53,15 @@ def resolve_pretrained(cfg: RunConfig) -> str | None:
         return cfg.backbone.pretrained
     import sys
 
-    from clapray.shapes.mini_clip import MODEL_NAME, ensure_mini_clip
+    from clapray.model.catalog import MINI_CLIP_MODELS
+    from clapray.shapes.mini_clip import ensure_mini_clip
 
-    if cfg.backbone.model != MODEL_NAME:
+    if cfg.backbone.model not in MINI_CLIP_MODELS:
         raise UserError(f"backbone.pretrained: {MINI_CLIP_TAG} is the pretraining of backbone.model "
-                        f"{MODEL_NAME}, but backbone.model is {cfg.backbone.model}")
+                        f"{' or '.join(MINI_CLIP_MODELS)}, but backbone.model is {cfg.backbone.model}")
     cache = None if cfg.backbone.cache_dir is None else Path(cfg.backbone.cache_dir).expanduser() / "mini-clip"
-    return str(ensure_mini_clip(cache, log=lambda line: print(line, file=sys.stderr, flush=True)))
+    return str(ensure_mini_clip(cache, log=lambda line: print(line, file=sys.stderr, flush=True),
+                                model_name=cfg.backbone.model))
 
 
 def build_backbone(cfg: RunConfig, device: torch.device | None = None) -> Backbone:

@@ -30,7 +30,7 @@ from clapray.config import RunConfig
 from clapray.data import TaskSplitError, benchmark_shape, list_benchmarks, plan_tasks
 from clapray.errors import ConfigError, UserError
 from clapray.model.catalog import (
-    MINI_CLIP_MODEL,
+    MINI_CLIP_MODELS,
     MINI_CLIP_TAG,
     has_plain_vit_image_tower,
     model_configs,
@@ -122,9 +122,10 @@ def _check_backbone(cfg: RunConfig, source: str) -> str:
         model = resolve_model_name(cfg.backbone.model)
     except UserError as err:
         raise UserError(f"{source}: backbone.model: {err}") from None
-    if cfg.backbone.pretrained == MINI_CLIP_TAG and model != MINI_CLIP_MODEL:
-        raise ConfigError(source, "backbone.pretrained", f"{MINI_CLIP_TAG} only with backbone.model {MINI_CLIP_MODEL} "
-                          "(the model it pretrains)", MINI_CLIP_TAG, got_text=f"{MINI_CLIP_TAG} with {model}")
+    if cfg.backbone.pretrained == MINI_CLIP_TAG and model not in MINI_CLIP_MODELS:
+        raise ConfigError(source, "backbone.pretrained", f"{MINI_CLIP_TAG} only with backbone.model "
+                          f"{' or '.join(MINI_CLIP_MODELS)} (the models it pretrains)", MINI_CLIP_TAG,
+                          got_text=f"{MINI_CLIP_TAG} with {model}")
     return model
 
 

@@ -1,24 +1,28 @@
-"""Method quality on a benchmark that means something on a CPU (the ``slow`` tier).
+"""Method quality on a benchmark that means something on a CPU (the ``slow`` tier), with error bars.
 
 The mini-CLIP pretrained on shapes captions (:mod:`clapray.shapes`, ``python -m clapray.pretrain``) meets
 ``shapes_cl``, classes no pretraining caption named, in the shipped ``shapes_cl`` run config (4 tasks x 5
-classes, seeds fixed).
-Every run here is that config with one change, so the checks compare like with like:
+classes). Its frozen features leave room: a linear probe reaches about 95% where zero-shot reaches about
+63% (``python -m clapray.bench headroom``), as real CLIP on CIFAR-100.
+
+Every configuration runs with three seeds, each seed another class order and initialisation (as the
+paper's repeated runs and the shipped sweeps), and every comparison is paired by seed: its margin is
+stated on the 95% t-interval of the paired difference (2 degrees of freedom). The checks:
 
 a) the mini-CLIP's zero-shot accuracy is far above chance;
-b) CLAP's final Last accuracy against zero-shot (recorded; see the margin below);
-c) replay beats replay-free, and forgets less (also the learner issue's "learning is real" checks:
-   every task right after training it is well above the untrained model on it);
-d) the language-aware KD and init do not hurt (their effect is recorded);
-e) VI against w/o VI, with ECE (recorded).
+b) CLAP's final Last accuracy beats zero-shot's by at least 10 points, the interval above 0;
+c) replay beats replay-free, and forgets less (also the learner's "learning is real" check: every task
+   right after training it is well above the untrained model on it);
+d) the language-aware KD and init: their effect recorded with its interval;
+e) VI against w/o VI: Last and ECE recorded with their intervals.
 
-The margins are set from measurements (in the comments) with room for thread-count float noise; each
-run's numbers go into the session's closing summary, so CI logs carry them.
+Each configuration's numbers go into the session's closing summary, so CI logs carry them.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytest
@@ -27,9 +31,13 @@ from conftest import QUALITY_ROWS
 
 from clapray.config import load_run_config, shipped_config_paths
 from clapray.learner import ContinualLearner
+from clapray.results.reader import t_critical_975
 from clapray.task_result import TaskResult
 
 pytestmark = pytest.mark.slow
+
+SEEDS: tuple[int, ...] = (0, 1, 2)
+CHANCE = 100.0 / 20
 
 RUNS = {
     "zero-shot": ["method.variant=zeroshot"],
@@ -40,26 +48,44 @@ RUNS = {
 }
 
 
+def interval(values: Sequence[float]) -> tuple[float, float, float]:
+    """Mean and the two ends of its 95% t-interval."""
+    x = np.asarray(values, dtype=np.float64)
+    half = t_critical_975(len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
+    return float(x.mean()), float(x.mean() - half), float(x.mean() + half)
+
+
+def described(values: Sequence[float]) -> str:
+    mean, lo, hi = interval(values)
+    return f"{mean:+6.1f} [{lo:+.1f}, {hi:+.1f}] (n={len(values)})"
+
+
 @pytest.fixture(scope="module")
-def runs(mini_clip_cache, tmp_path_factory):
-    """Each named run of :data:`RUNS`, done once on first use: name -> its task results."""
-    done: dict[str, list[TaskResult]] = {}
+def runs(mini_clip_cache, tmp_path_factory) -> Callable[[str], list[list[TaskResult]]]:
+    """Each named run of :data:`RUNS` under every seed, done once on first use: name -> per seed, its
+    task results."""
+    done: dict[str, list[list[TaskResult]]] = {}
     data_root = tmp_path_factory.mktemp("data")
 
-    def get(name: str) -> list[TaskResult]:
+    def get(name: str) -> list[list[TaskResult]]:
         if name not in done:
-            cfg = load_run_config(shipped_config_paths()["shapes_cl"], [
-                f"backbone.cache_dir={mini_clip_cache}", f"data.root={data_root}", *RUNS[name]])
-            before = torch.get_num_threads()
-            torch.set_num_threads(2)
-            try:
-                results = ContinualLearner(cfg).run()
-            finally:
-                torch.set_num_threads(before)
-            done[name] = results
-            last = results[-1]
-            QUALITY_ROWS.append((name, f"Avg {last.avg_acc:5.1f}  Last {last.last_acc:5.1f}  BwT "
-                                       f"{last.bwt:6.1f}  ECE {last.ece:.3f}  a[t,t] {_mean_diagonal(results):5.1f}"))
+            per_seed = []
+            for seed in SEEDS:
+                cfg = load_run_config(shipped_config_paths()["shapes_cl"], [
+                    f"backbone.cache_dir={mini_clip_cache}", f"data.root={data_root}", f"seeds.init={seed}",
+                    f"seeds.class_order={seed}", *RUNS[name]])
+                before = torch.get_num_threads()
+                torch.set_num_threads(2)
+                try:
+                    per_seed.append(ContinualLearner(cfg).run())
+                finally:
+                    torch.set_num_threads(before)
+            done[name] = per_seed
+            QUALITY_ROWS.append((name, "  ".join(
+                f"{what} {interval(values)[0]:5.1f} ± {np.std(values, ddof=1):.1f}" for what, values in (
+                    ("Avg", [r[-1].avg_acc for r in per_seed]), ("Last", [r[-1].last_acc for r in per_seed]),
+                    ("BwT", [r[-1].bwt for r in per_seed]), ("ECE%", [100 * r[-1].ece for r in per_seed]),
+                    ("a[t,t]", [_mean_diagonal(r) for r in per_seed])))))
         return done[name]
 
     return get
@@ -70,52 +96,60 @@ def _mean_diagonal(results: list[TaskResult]) -> float:
     return float(np.mean([r.accuracy_row[r.task] for r in results]))
 
 
+def paired(runs, a: str, b: str, metric: Callable[[list[TaskResult]], float]) -> list[float]:
+    """Per seed, ``metric`` of run ``a`` minus that of run ``b``."""
+    return [metric(x) - metric(y) for x, y in zip(runs(a), runs(b), strict=True)]
+
+
+def last_acc(results: list[TaskResult]) -> float:
+    return results[-1].last_acc
+
+
 def test_zero_shot_is_far_above_chance(runs):
-    last = runs("zero-shot")[-1]
-    chance = 100.0 / 20
-    # Measured 65.1% on the 20 classes (chance 5%).
-    assert last.last_acc > 8 * chance, last.last_acc
+    mean, lo, _ = interval([r[-1].last_acc for r in runs("zero-shot")])
+    # Measured 63.0 on every seed (chance 5%): the 20 classes are the same whatever their order.
+    assert lo > 8 * CHANCE, (mean, lo)
 
 
 def test_every_new_task_is_learnt_well_above_the_untrained_model(runs):
     """The learner's a[t, t] (task t right after training it) against the frozen zero-shot model's."""
-    trained, untrained = _mean_diagonal(runs("CLAP")), _mean_diagonal(runs("zero-shot"))
-    # Measured 94.1 against 85.2 (class-order seed 1, earlier flip draws: 89.8 against 79.5).
-    assert trained > untrained + 5.0, (trained, untrained)
+    gain = paired(runs, "CLAP", "zero-shot", _mean_diagonal)
+    QUALITY_ROWS.append(("CLAP - zero-shot a[t,t]", described(gain)))
+    assert interval(gain)[1] > 0.0, gain
+
+
+def test_clap_beats_zero_shot_by_ten_points(runs):
+    """The paper's central claim on this benchmark: CLAP's final accuracy far above zero-shot's."""
+    gain = paired(runs, "CLAP", "zero-shot", last_acc)
+    QUALITY_ROWS.append(("CLAP - zero-shot Last", described(gain)))
+    mean, lo, _ = interval(gain)
+    # Measured +23.9 [+21.6, +26.2] over seeds 0-2 (Last 86.9 ± 0.9 against 63.0 ± 0.0).
+    assert mean >= 10.0 and lo > 0.0, gain
 
 
 def test_replay_beats_replay_free_and_forgets_less(runs):
-    replay, free = runs("CLAP")[-1], runs("CLAP replay-free")[-1]
-    # Measured BwT -34.8 against -53.3 and Last 68.0 against 59.5 (class-order seed 1, earlier flip draws:
-    # BwT -36.3 against -51.7, Last 62.5 against 61.0): replay-free learns each new task as well and
-    # forgets far more.
-    assert replay.bwt > free.bwt + 8.0, (replay.bwt, free.bwt)
-    assert replay.last_acc > free.last_acc, (replay.last_acc, free.last_acc)
-    assert replay.accuracy_row[0] > free.accuracy_row[0] + 10.0, (replay.accuracy_row, free.accuracy_row)
+    last = paired(runs, "CLAP", "CLAP replay-free", last_acc)
+    bwt = paired(runs, "CLAP", "CLAP replay-free", lambda r: r[-1].bwt)
+    first = paired(runs, "CLAP", "CLAP replay-free", lambda r: r[-1].accuracy_row[0])
+    QUALITY_ROWS.append(("replay - replay-free Last, BwT", f"{described(last)}, {described(bwt)}"))
+    assert interval(last)[1] > 0.0, last
+    assert interval(bwt)[1] > 0.0, bwt
+    assert interval(first)[1] > 0.0, first  # the first task is what replay keeps
 
 
-def test_clap_final_accuracy_against_zero_shot(runs):
-    """The paper's CLAP is far above zero-shot; on this benchmark the frozen mini-CLIP features cap it.
-
-    A linear probe trained offline on all 20 classes' features reaches 67.0% against zero-shot's 65.2%,
-    so there is little room: measured CLAP Last 68.0 against 65.1 (class-order seed 1, earlier flip draws:
-    62.5 against 65.0). The test guards against CLAP falling clearly below zero-shot and records the
-    margin; it does not claim more.
-    """
-    clap, zero_shot = runs("CLAP")[-1], runs("zero-shot")[-1]
-    QUALITY_ROWS.append(("CLAP Last - zero-shot Last", f"{clap.last_acc - zero_shot.last_acc:+.1f}"))
-    assert clap.last_acc > zero_shot.last_acc - 5.0, (clap.last_acc, zero_shot.last_acc)
-
-
-def test_language_aware_kd_and_init_do_not_hurt(runs):
-    with_, without = runs("CLAP")[-1], runs("CLAP w/o KD and language init")[-1]
-    QUALITY_ROWS.append(("effect of KD + language init on Last", f"{with_.last_acc - without.last_acc:+.1f}"))
-    assert with_.last_acc >= without.last_acc - 3.0, (with_.last_acc, without.last_acc)
+def test_language_aware_kd_and_init_effect_is_recorded(runs):
+    effect = paired(runs, "CLAP", "CLAP w/o KD and language init", last_acc)
+    QUALITY_ROWS.append(("effect of KD + language init on Last", described(effect)))
+    # Not a claim of direction (the paper's +0.6 to +1.5 is inside this benchmark's noise): a guard
+    # that removing them does not clearly help.
+    assert interval(effect)[2] > 0.0, effect
 
 
 def test_vi_and_its_deterministic_ablation_are_recorded_with_ece(runs):
-    vi, det = runs("CLAP")[-1], runs("CLAP w/o VI")[-1]
-    QUALITY_ROWS.append(("VI - w/o VI: Last, ECE", f"{vi.last_acc - det.last_acc:+.1f}, {vi.ece - det.ece:+.3f}"))
-    for result in (vi, det):
-        assert math.isfinite(result.ece) and 0.0 <= result.ece <= 1.0
-        assert result.last_acc > 8 * 100.0 / 20  # both learn: far above chance
+    last = paired(runs, "CLAP", "CLAP w/o VI", last_acc)
+    ece = paired(runs, "CLAP", "CLAP w/o VI", lambda r: 100 * r[-1].ece)
+    QUALITY_ROWS.append(("VI - w/o VI: Last, ECE (points)", f"{described(last)}, {described(ece)}"))
+    for per_seed in (runs("CLAP"), runs("CLAP w/o VI")):
+        for results in per_seed:
+            assert math.isfinite(results[-1].ece) and 0.0 <= results[-1].ece <= 1.0
+            assert results[-1].last_acc > 8 * CHANCE  # both learn: far above chance

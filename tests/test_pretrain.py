@@ -97,6 +97,34 @@ def test_pretraining_captions_never_name_a_continual_class():
         assert not any(f" {name}" in f" {caption}" for name in CONTINUAL_CLASSES), caption
 
 
+def test_a_caption_can_leave_the_shape_unnamed():
+    attrs = sample_attributes(3, "train", "red square", 4)
+    for variant in range(60):
+        caption = captions.compose_caption(attrs, variant, name_shape=False)
+        assert "red " in caption and "square" not in caption, caption
+        assert any(f"red {noun}" in caption for noun in captions.GENERIC_SHAPE_NOUNS), caption
+        assert caption == captions.compose_caption(attrs, variant, name_shape=False)  # deterministic
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.1, 0.5, 1.0])
+def test_the_shape_is_named_in_the_set_fraction_of_captions(rate):
+    named = [captions.mentions_shape(0, name, k, rate) for name in PRETRAIN_CLASSES for k in range(20)]
+    assert abs(sum(named) / len(named) - rate) < 0.03, (rate, sum(named) / len(named))
+    assert named == [captions.mentions_shape(0, name, k, rate) for name in PRETRAIN_CLASSES for k in range(20)]
+    pairs = pool.render_pool(pt.make_settings(images_per_class=2, shape_mention_rate=rate), 32,
+                             open_clip.get_tokenizer(pt.MODEL_NAME))
+    with_shape = [bool(set(c.rstrip('.').replace(',', ' ').split()) & set(SHAPES)) for c in pairs.captions]
+    if rate in (0.0, 1.0):
+        assert all(w == bool(rate) for w in with_shape)
+
+
+def test_the_pool_labels_every_image_with_its_shape_and_colour():
+    pairs = pool.render_pool(pt.make_settings(images_per_class=2), 32, open_clip.get_tokenizer(pt.MODEL_NAME))
+    assert pairs.shape_ids.shape == pairs.colour_ids.shape == (len(pairs),)
+    for name, shape, colour in zip(pairs.class_names, pairs.shape_ids.tolist(), pairs.colour_ids.tolist(), strict=True):
+        assert (SHAPES[shape], list(COLOURS)[colour]) == (shape_class(name).shape, shape_class(name).colour)
+
+
 def test_truncated_text_encoder_matches_open_clip():
     torch.manual_seed(0)
     model = open_clip.create_model(pt.MODEL_NAME).eval()
@@ -122,6 +150,11 @@ def test_settings_key_and_validation(monkeypatch, tmp_path):
         pt.make_settings(steps=0)
     with pytest.raises(UserError, match="model_name"):
         pt.make_settings(model_name="no-such-model")
+    for field, value in (("shape_mention_rate", 1.5), ("shape_mention_rate", -0.1), ("attribute_weight", -1),
+                         ("attribute_weight", True)):
+        with pytest.raises(UserError, match=field):
+            pt.make_settings(**{field: value})
+    assert base.key() != pt.make_settings(shape_mention_rate=1.0).key() != pt.make_settings(attribute_weight=0).key()
 
     monkeypatch.setenv(mc.CACHE_ENV, str(tmp_path / "c"))
     assert mc.default_cache_dir() == tmp_path / "c" / "mini-clip"
@@ -185,6 +218,17 @@ def test_training_lowers_the_loss_and_restores_the_caller_settings():
     assert result.losses[0] > 2.5
     assert sum(result.losses[-6:]) / 6 < sum(result.losses[:6]) / 6 - 0.1, result.losses
     assert 1.0 <= result.logit_scale <= 100.0
+
+
+def test_the_attribute_loss_joins_the_contrastive_loss_and_trains_the_tower():
+    """Same init and first batch with and without the attribute heads: the first losses differ by the
+    heads' cross-entropy (about ln 12 at random prototypes), and the trained towers differ."""
+    plain = pt.pretrain(pt.make_settings(**{**TINY, "steps": 2, "attribute_weight": 0.0}), threads=1, log=None)
+    heads = pt.pretrain(pt.make_settings(**{**TINY, "steps": 2, "attribute_weight": 1.0}), threads=1, log=None)
+    assert 1.8 < heads.losses[0] - plain.losses[0] < 4.0, (heads.losses, plain.losses)
+    assert set(heads.state_dict) == set(plain.state_dict)  # the heads are not part of the checkpoint
+    visual = [k for k in plain.state_dict if k.startswith("visual.")]
+    assert any(not torch.equal(plain.state_dict[k], heads.state_dict[k]) for k in visual)
 
 
 def test_concurrent_callers_train_once(tmp_path, monkeypatch):
@@ -253,6 +297,22 @@ def test_default_pretraining_transfers_to_the_continual_classes(mini_clip_cache)
     assert result.zero_shot_acc > 15.0, result.summary()
     assert result.ncm_acc > 15.0, result.summary()
     assert result.mean_cosine < 0.3 < random.mean_cosine, (result.summary(), random.summary())
+
+
+@pytest.mark.slow
+def test_the_shipped_scenario_leaves_a_learner_headroom(mini_clip_cache):
+    """The relation real CLIP has to CIFAR-100: zero-shot well above chance but far below what a head
+    trained on the frozen features reaches (what ``python -m clapray.bench headroom`` prints)."""
+    from clapray.builders import build_backbone, build_scenario_from_config
+    from clapray.config import load_run_config, shipped_config_paths
+    from clapray.shapes.evaluate import scenario_headroom
+
+    torch.set_num_threads(2)
+    cfg = load_run_config(shipped_config_paths()["shapes_cl"], [f"backbone.cache_dir={mini_clip_cache}"])
+    result = scenario_headroom(build_backbone(cfg), build_scenario_from_config(cfg))
+    assert 40.0 <= result.zero_shot_acc <= 75.0, result.lines()
+    assert result.linear_probe_acc >= 90.0, result.lines()
+    assert result.ncm_acc > result.zero_shot_acc, result.lines()
 
 
 def test_the_clapray_shapes_tag_resolves_to_the_cached_checkpoint(tmp_path, monkeypatch):

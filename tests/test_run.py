@@ -80,7 +80,7 @@ def test_the_default_run_is_clap_on_shapes_cl_with_the_mini_clip(capsys, monkeyp
     monkeypatch.setattr(mini_clip, "pretrain", lambda *a, **k: pytest.fail("a dry run pretrained"))
     assert main(["--dry-run"]) == 0
     printed = capsys.readouterr().out
-    for line in ("model: clapray-mini-vit", "pretrained: clapray-shapes", "dataset: shapes_cl",
+    for line in ("model: clapray-mini-resnet", "pretrained: clapray-shapes", "dataset: shapes_cl",
                  "variant: handcrafted"):
         assert f"  {line}\n" in printed, printed
     assert load_run_config(resolve_config_argument(None)) == load_run_config(shipped_config_path("shapes_cl"))

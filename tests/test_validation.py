@@ -78,7 +78,7 @@ def test_task_count_needs_no_data():
     (["method.vga.heads=5"], "method.vga.heads", "a divisor of the embedding dim 64"),
     (["method.prior=data_driven", "method.vga.enabled=false"], "method.prior", "vga.enabled"),
     (["method.prior=data_driven", "method.variant=cocoop"], "method.prior", "per image"),
-    (["backbone.pretrained=clapray-shapes"], "backbone.pretrained", "only with backbone.model clapray-mini-vit"),
+    (["backbone.pretrained=clapray-shapes"], "backbone.pretrained", "only with backbone.model clapray-mini-resnet or"),
 ])
 def test_semantic_rules_name_the_field(overrides, field, fragment):
     message = refused(*overrides)

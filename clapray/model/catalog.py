@@ -26,8 +26,11 @@ CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 
 MINI_CLIP_TAG = "clapray-shapes"
 """``backbone.pretrained`` value meaning "the mini-CLIP pretrained on shapes captions" (trained on first use)."""
-MINI_CLIP_MODEL = "clapray-mini-vit"
-"""The bundled config the mini-CLIP pretraining trains."""
+MINI_CLIP_MODEL = "clapray-mini-resnet"
+"""The bundled config the mini-CLIP pretraining trains by default (a small ResNet image tower)."""
+MINI_CLIP_MODELS: tuple[str, ...] = (MINI_CLIP_MODEL, "clapray-mini-vit")
+"""The bundled configs the mini-CLIP recipe can pretrain; the ViT one is for variants that need a
+transformer image tower (MaPLe)."""
 
 # First bytes of the weight files open_clip (through torch.load, safetensors or NumPy) can read.
 _ZIP = b"PK\x03\x04"  # torch.save (zip format, default since torch 1.6), TorchScript archives, .npz

@@ -1,8 +1,9 @@
 """Captions of pretraining images, composed from each image's attributes.
 
-A caption names the image's class phrase ("red triangle", "striped red triangle") verbatim and, in
-several phrasings, some of its nuisance attributes (size, drawing style, background, position), so the
-text tower learns the colour and shape words in varied contexts. Only pretraining classes are ever
+A caption names the image's class phrase ("red triangle", "striped red triangle") verbatim, or, when it
+under-describes the image, the colour with a generic noun ("red object"), and, in several phrasings,
+some of its nuisance attributes (size, drawing style, background, position), so the text tower learns
+the colour and shape words in varied contexts. Only pretraining classes are ever
 captioned (:mod:`clapray.shapes.pool`); the held-out continual classes never are.
 """
 
@@ -38,7 +39,7 @@ _BACKGROUND_ADJECTIVES: Mapping[str, tuple[str, ...]] = {
 }
 
 # Each form is one phrasing; slots are filled from the image's attributes. ``{cls}`` is the class
-# phrase and must appear in every form, so the text tower always sees the colour and shape words.
+# phrase (or its under-described form) and appears in every form, so the text tower always sees the colour.
 _FORMS: tuple[str, ...] = (
     "{prefix} {a_cls}.",
     "{prefix} the {cls}.",
@@ -70,12 +71,17 @@ def _position(attrs: ShapeAttributes) -> str:
     return f"at the {vertical}" if vertical else "in the middle"
 
 
-def compose_caption(attrs: ShapeAttributes, variant: int) -> str:
+# What a caption that does not name the shape calls it instead ("a red object on a beige background").
+GENERIC_SHAPE_NOUNS: tuple[str, ...] = ("object", "figure", "thing")
+
+
+def compose_caption(attrs: ShapeAttributes, variant: int, *, name_shape: bool = True) -> str:
     """A caption of one image from its attributes; ``variant`` (any int) picks the phrasing.
 
-    The class phrase (``attrs.class_name``, e.g. "red triangle" or "striped red triangle") always
-    appears verbatim. ``variant`` is decomposed into choices of form, prefix and synonyms, so different
-    variants give different phrasings of the same image.
+    The class phrase (``attrs.class_name``, e.g. "red triangle" or "striped red triangle") appears
+    verbatim unless ``name_shape`` is false. ``variant`` is decomposed into choices of form, prefix and
+    synonyms, so different variants give different phrasings of the same image. Without ``name_shape`` the shape word is
+    replaced by a generic noun (:data:`GENERIC_SHAPE_NOUNS`): the caption under-describes the image.
     """
     v = int(variant)
 
@@ -86,6 +92,8 @@ def compose_caption(attrs: ShapeAttributes, variant: int) -> str:
 
     form = pick(_FORMS)
     cls = attrs.class_name
+    if not name_shape:
+        cls = cls.rsplit(" ", 1)[0] + " " + pick(GENERIC_SHAPE_NOUNS)
     style = pick(_STYLE_ADJECTIVES[attrs.style])
     bg_adj = pick(_BACKGROUND_ADJECTIVES[attrs.background])
     bg = attrs.background_colour
@@ -111,3 +119,9 @@ def caption_variant(seed: int, class_name: str, index: int) -> int:
     digest = hashlib.sha256(f"clapray-caption|{seed}|{class_name}|{index}".encode()).digest()
     return int.from_bytes(digest[:8], "little")
 
+
+
+def mentions_shape(seed: int, class_name: str, index: int, rate: float) -> bool:
+    """Whether the caption of image ``index`` of a class names its shape: true for a ``rate`` fraction."""
+    digest = hashlib.sha256(f"clapray-caption-shape|{seed}|{class_name}|{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") / 2.0**64 < rate

@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from clapray.shapes.attributes import all_shape_classes, sample_attributes, shape_class
+from clapray.shapes.attributes import COLOURS, SHAPES, all_shape_classes, sample_attributes, shape_class
 from clapray.shapes.benchmark import CONTINUAL_CLASSES, PRETRAIN_CLASSES
-from clapray.shapes.captions import caption_variant, compose_caption
+from clapray.shapes.captions import caption_variant, compose_caption, mentions_shape
 from clapray.shapes.render import render_shape
 
 if TYPE_CHECKING:
@@ -64,12 +64,16 @@ class Pool:
         tokens: int64 ``[N, L]``, cut after the longest caption's end token (see :func:`encode_text`).
         captions: the N caption strings.
         class_names: the class of each pair.
+        shape_ids, colour_ids: int64 ``[N]``, each image's shape and colour as positions in
+            :data:`~clapray.shapes.attributes.SHAPES` and :data:`~clapray.shapes.attributes.COLOURS`.
     """
 
     images: Tensor
     tokens: Tensor
     captions: tuple[str, ...]
     class_names: tuple[str, ...]
+    shape_ids: Tensor
+    colour_ids: Tensor
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -95,12 +99,16 @@ def render_pool(
                 # inputs match what a continual run feeds the frozen tower.
                 image = image.resize((image_size, image_size), Image.Resampling.BICUBIC)
             images[i] = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
-            captions.append(compose_caption(attrs, caption_variant(image_seed, name, k)))
+            name_shape = mentions_shape(image_seed, name, k, settings.shape_mention_rate)
+            captions.append(compose_caption(attrs, caption_variant(image_seed, name, k), name_shape=name_shape))
             names.append(name)
             i += 1
     tokens = tokenizer(captions)
     # Text positions after the end token cannot influence it (causal mask): drop the all-padding tail.
     length = int(tokens.argmax(dim=-1).max()) + 1
+    shapes, colours = list(SHAPES), list(COLOURS)
+    shape_ids = torch.tensor([shapes.index(shape_class(n).shape) for n in names], dtype=torch.int64)
+    colour_ids = torch.tensor([colours.index(shape_class(n).colour) for n in names], dtype=torch.int64)
     return Pool(images=images, tokens=tokens[:, :length].contiguous(), captions=tuple(captions),
-                class_names=tuple(names))
+                class_names=tuple(names), shape_ids=shape_ids, colour_ids=colour_ids)
 

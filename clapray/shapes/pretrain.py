@@ -2,10 +2,21 @@
 
 Without real CLIP weights, a randomly initialised tiny backbone maps all images to nearly the same
 direction, so a continual learner built on it cannot show that it learns and zero-shot is at chance.
-:func:`pretrain` trains :data:`MODEL_NAME` with the CLIP objective on the generated image-caption pool
-(:mod:`clapray.shapes.pool`), on CPU, in a few minutes, deterministically: the same
-:class:`PretrainSettings` and thread count give bit-identical weights. :mod:`clapray.shapes.mini_clip`
-caches the result.
+:func:`pretrain` trains :data:`MODEL_NAME` (a small ResNet image tower) with the CLIP objective on the
+generated image-caption pool (:mod:`clapray.shapes.pool`), on CPU, in a few minutes, deterministically:
+the same :class:`PretrainSettings` and thread count give bit-identical weights.
+:mod:`clapray.shapes.mini_clip` caches the result.
+
+The recipe reproduces the relation real CLIP has to a downstream benchmark such as CIFAR-100: image
+features good enough for a linear probe far above zero-shot (about 95% against 63% on ``shapes_cl``),
+so a method that learns on top of the frozen model has room to show its gain. Two settings make it so.
+An attribute loss (``attribute_weight``) trains the image tower to tell every pretraining image's shape
+and colour apart, as supervised pretraining does for many CLIP-style image towers (LiT); and most
+captions under-describe the image (``shape_mention_rate``: 3% name the shape, the rest say "a red
+object"), as web captions do, so the text tower knows the shape words only loosely and zero-shot
+prompts like "a photo of the red triangle." match the images less well than the features allow.
+Without them (contrastive loss alone, every caption naming the shape) the tower barely separates shapes
+and the probe stays within 2 points of zero-shot.
 """
 
 from __future__ import annotations
@@ -28,13 +39,13 @@ from torch import Tensor, nn
 from clapray.errors import ConfigError, UserError
 from clapray.model.backbone import register_model_configs
 from clapray.model.catalog import MINI_CLIP_MODEL
-from clapray.shapes.attributes import GENERATOR_VERSION
+from clapray.shapes.attributes import COLOURS, GENERATOR_VERSION, SHAPES
 from clapray.shapes.benchmark import CONTINUAL_CLASSES
 from clapray.shapes.pool import pretrain_classes, render_pool
 
 # Bump whenever the recipe changes what a given set of settings trains (captions, loss, schedule,
 # augmentation): it is part of the cache key, so a stale checkpoint is never reused.
-PRETRAIN_VERSION = 1
+PRETRAIN_VERSION = 2
 
 MODEL_NAME = MINI_CLIP_MODEL
 """The bundled open_clip config that is pretrained."""
@@ -55,7 +66,13 @@ class PretrainSettings:
         render_size: side at which images are rendered before resizing to the model's input (the
             ``shapes`` benchmark's default 64, so pretraining sees what continual runs see).
         patterned: also pretrain on the striped/dotted/checkered variants of the pretraining combos.
-        model_name: the open_clip config to train.
+        model_name: the open_clip config to train (:data:`~clapray.model.catalog.MINI_CLIP_MODELS`).
+        attribute_weight: weight of a supervised attribute loss on the image tower, beside the contrastive
+            loss: cosine classifiers of the pretraining images' shape and colour on the image feature,
+            discarded after pretraining (as a supervised-pretrained image tower under CLIP-style
+            alignment, e.g. LiT). 0 trains with the contrastive loss alone.
+        shape_mention_rate: fraction of captions that name the shape; the others say "object", "figure"
+            or "thing" instead (web captions under-describe what images show).
     """
 
     seed: int = 0
@@ -68,6 +85,8 @@ class PretrainSettings:
     render_size: int = 64
     patterned: bool = False
     model_name: str = MODEL_NAME
+    attribute_weight: float = 3.0
+    shape_mention_rate: float = 0.03
 
     def validate(self) -> PretrainSettings:
         """Check ranges; a bad value raises :class:`~clapray.errors.ConfigError`."""
@@ -77,10 +96,13 @@ class PretrainSettings:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < lo:
                 raise ConfigError("pretrain", name, f"an integer >= {lo}", value)
-        for name in ("lr", "weight_decay"):
+        for name in ("lr", "weight_decay", "attribute_weight"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
                 raise ConfigError("pretrain", name, "a number >= 0", value)
+        rate = self.shape_mention_rate
+        if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 <= rate <= 1:
+            raise ConfigError("pretrain", "shape_mention_rate", "a number in [0, 1]", rate)
         if not isinstance(self.patterned, bool):
             raise ConfigError("pretrain", "patterned", "true or false", self.patterned)
         register_model_configs()
@@ -215,6 +237,28 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
+class AttributeHeads(nn.Module):
+    """Cosine classifiers of an image's shape and colour on its normalised CLIP image feature.
+
+    Trained beside the contrastive loss and thrown away afterwards: they make the image tower encode
+    what the pretraining images show, however seldom the captions say it. The scale is fixed at about
+    the contrastive logit scale reached after pretraining, so both losses see similar logits.
+    """
+
+    SCALE = 20.0
+
+    def __init__(self, embed_dim: int):
+        super().__init__()
+        self.shape = nn.Parameter(torch.randn(len(SHAPES), embed_dim) * embed_dim**-0.5)  # [S, d]
+        self.colour = nn.Parameter(torch.randn(len(COLOURS), embed_dim) * embed_dim**-0.5)  # [K, d]
+
+    def loss(self, image_features: Tensor, shape_ids: Tensor, colour_ids: Tensor) -> Tensor:
+        """Mean cross-entropy of both classifiers for ``image_features [B, d]`` (unit rows)."""
+        shape_logits = self.SCALE * image_features @ F.normalize(self.shape, dim=-1).T  # [B, S]
+        colour_logits = self.SCALE * image_features @ F.normalize(self.colour, dim=-1).T  # [B, K]
+        return 0.5 * (F.cross_entropy(shape_logits, shape_ids) + F.cross_entropy(colour_logits, colour_ids))
+
+
 def _lr_at(step: int, settings: PretrainSettings) -> float:
     """Linear warm-up to ``lr``, then a cosine down to 0 at ``steps``."""
     if step < settings.warmup_steps:
@@ -245,15 +289,21 @@ def pretrain(
         model.train()
         tokenizer = open_clip.get_tokenizer(settings.model_name)
         preprocess_cfg = model.visual.preprocess_cfg
-        image_size = int(model.visual.image_size[0])
+        size = model.visual.image_size  # an int (ResNet towers) or (H, W) (ViT towers)
+        image_size = int(size if isinstance(size, int) else size[0])
         pool = render_pool(settings, image_size, tokenizer)
         say(f"pretrain: {len(pool)} image-caption pairs of {len(pretrain_classes(settings.patterned))} "
             f"classes rendered in {time.perf_counter() - start:.1f}s")
         mean = torch.tensor(preprocess_cfg["mean"]).view(1, 3, 1, 1) * 255
         std = torch.tensor(preprocess_cfg["std"]).view(1, 3, 1, 1) * 255
 
-        optimizer = torch.optim.AdamW(_param_groups(model, settings.weight_decay), lr=settings.lr,
-                                      betas=(0.9, 0.98), eps=1e-6)
+        embed_dim = int(model.text_projection.shape[-1]) if not isinstance(model.text_projection, nn.Linear) \
+            else int(model.text_projection.out_features)
+        heads = AttributeHeads(embed_dim) if settings.attribute_weight > 0 else None
+        groups = _param_groups(model, settings.weight_decay)
+        if heads is not None:
+            groups.append({"params": list(heads.parameters()), "weight_decay": 0.0})
+        optimizer = torch.optim.AdamW(groups, lr=settings.lr, betas=(0.9, 0.98), eps=1e-6)
         # The batch order and flips come from their own generator, independent of the model's init.
         generator = torch.Generator().manual_seed(settings.seed + 1)
         batches = _Epochs(len(pool), settings.batch_size, generator)
@@ -276,6 +326,9 @@ def pretrain(
             text_features = F.normalize(encode_text(model, pool.tokens[idx]), dim=-1)
             logits = model.logit_scale.exp() * image_features @ text_features.T  # [B, B]
             loss = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+            if heads is not None:
+                loss = loss + settings.attribute_weight * heads.loss(
+                    image_features, pool.shape_ids[idx], pool.colour_ids[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -105,7 +105,8 @@ def test_bundled_config_loads_frozen_and_encodes(config_path: Path):
     # Dimensions are read from the model and agree with the config.
     assert bb.embed_dim == cfg["embed_dim"] == bb.model.text_projection.shape[1] == bb.model.visual.output_dim
     assert bb.text_width == cfg["text_cfg"]["width"]
-    assert bb.vision_width == cfg["vision_cfg"]["width"]
+    resnet_tower = isinstance(cfg["vision_cfg"]["layers"], list)  # open_clip's ModifiedResNet: layers per stage
+    assert bb.vision_width == (None if resnet_tower else cfg["vision_cfg"]["width"])
     assert bb.image_size == cfg["vision_cfg"]["image_size"]
     assert bb.context_length == cfg["text_cfg"]["context_length"]
     assert bb.tokenize(["a red circle"]).shape == (1, bb.context_length)  # the tokenizer follows the config

@@ -64,7 +64,10 @@ def ensure_mini_clip(
     log: Callable[[str], None] | None = None,
     **overrides: Any,
 ) -> Path:
-    """Path of the pretrained ``clapray-mini-vit`` checkpoint, pretraining it first if it is missing.
+    """Path of the pretrained mini-CLIP checkpoint, pretraining it first if it is missing.
+
+    The model is :data:`~clapray.shapes.pretrain.MODEL_NAME` (``clapray-mini-resnet``) unless the
+    ``model_name`` override names another of :data:`~clapray.model.catalog.MINI_CLIP_MODELS`.
 
     Args:
         cache_dir: directory holding ``<key>/model.pt``; ``None`` uses :func:`default_cache_dir`.
@@ -74,7 +77,7 @@ def ensure_mini_clip(
         **overrides: fields of :class:`PretrainSettings` (``seed``, ``steps``, ...).
 
     Returns:
-        The absolute checkpoint path, loadable with ``load_backbone(MODEL_NAME, pretrained=str(path))``.
+        The absolute checkpoint path, loadable with ``load_backbone(model_name, pretrained=str(path))``.
 
     Concurrent callers (threads or processes) serialise on a lock file next to the checkpoint; the
     file is written under a unique temporary name and renamed, so it is never seen half-written.

@@ -325,8 +325,8 @@ def load_backbone(
         pretrained=source,
         device=dev,
         precision=precision,
-        image_size=_image_size(model),
-        embed_dim=_embed_dim(model),
+        image_size=image_size_of(model),
+        embed_dim=embed_dim_of(model),
         text_width=int(model.transformer.width),
         vision_width=_vision_width(model),
         context_length=int(model.context_length),
@@ -472,7 +472,7 @@ def _root_cause(err: BaseException) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def _embed_dim(model: nn.Module) -> int:
+def embed_dim_of(model: nn.Module) -> int:
     """Joint dim d, read from both projections (they must agree)."""
     proj = model.text_projection
     text_dim = proj.out_features if isinstance(proj, nn.Linear) else proj.shape[1]  # Parameter [width, d]
@@ -488,7 +488,8 @@ def _vision_width(model: nn.Module) -> int | None:
     return int(width) if width is not None else None
 
 
-def _image_size(model: nn.Module) -> int:
+def image_size_of(model: nn.Module) -> int:
+    """Side S of the square input image of an open_clip model (from its preprocessing config)."""
     size = model.visual.preprocess_cfg["size"]
     if isinstance(size, (tuple, list)):
         if len(set(size)) != 1:

@@ -79,9 +79,10 @@ def compose_caption(attrs: ShapeAttributes, variant: int, *, name_shape: bool = 
     """A caption of one image from its attributes; ``variant`` (any int) picks the phrasing.
 
     The class phrase (``attrs.class_name``, e.g. "red triangle" or "striped red triangle") appears
-    verbatim unless ``name_shape`` is false. ``variant`` is decomposed into choices of form, prefix and
-    synonyms, so different variants give different phrasings of the same image. Without ``name_shape`` the shape word is
-    replaced by a generic noun (:data:`GENERIC_SHAPE_NOUNS`): the caption under-describes the image.
+    verbatim unless ``name_shape`` is false: then the shape word is replaced by a generic noun
+    (:data:`GENERIC_SHAPE_NOUNS`) and the caption under-describes the image. ``variant`` is decomposed
+    into choices of form, prefix and synonyms, so different variants give different phrasings of the
+    same image.
     """
     v = int(variant)
 
@@ -114,14 +115,17 @@ def compose_caption(attrs: ShapeAttributes, variant: int, *, name_shape: bool = 
     return form.format(**slots)
 
 
-def caption_variant(seed: int, class_name: str, index: int) -> int:
-    """The phrasing variant of image ``index`` of a class: deterministic, uniform over phrasings."""
-    digest = hashlib.sha256(f"clapray-caption|{seed}|{class_name}|{index}".encode()).digest()
+def _image_hash(purpose: str, seed: int, class_name: str, index: int) -> int:
+    """A 64-bit hash of image ``index`` of a class, for one ``purpose``: deterministic, uniform."""
+    digest = hashlib.sha256(f"{purpose}|{seed}|{class_name}|{index}".encode()).digest()
     return int.from_bytes(digest[:8], "little")
 
+
+def caption_variant(seed: int, class_name: str, index: int) -> int:
+    """The phrasing variant of image ``index`` of a class: deterministic, uniform over phrasings."""
+    return _image_hash("clapray-caption", seed, class_name, index)
 
 
 def mentions_shape(seed: int, class_name: str, index: int, rate: float) -> bool:
     """Whether the caption of image ``index`` of a class names its shape: true for a ``rate`` fraction."""
-    digest = hashlib.sha256(f"clapray-caption-shape|{seed}|{class_name}|{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") / 2.0**64 < rate
+    return _image_hash("clapray-caption-shape", seed, class_name, index) / 2.0**64 < rate

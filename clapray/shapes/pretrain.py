@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clapray.errors import ConfigError, UserError
-from clapray.model.backbone import register_model_configs
+from clapray.model.backbone import embed_dim_of, image_size_of, register_model_configs
 from clapray.model.catalog import MINI_CLIP_MODEL
 from clapray.shapes.attributes import COLOURS, GENERATOR_VERSION, SHAPES
 from clapray.shapes.benchmark import CONTINUAL_CLASSES
@@ -289,17 +289,14 @@ def pretrain(
         model.train()
         tokenizer = open_clip.get_tokenizer(settings.model_name)
         preprocess_cfg = model.visual.preprocess_cfg
-        size = model.visual.image_size  # an int (ResNet towers) or (H, W) (ViT towers)
-        image_size = int(size if isinstance(size, int) else size[0])
+        image_size = image_size_of(model)
         pool = render_pool(settings, image_size, tokenizer)
         say(f"pretrain: {len(pool)} image-caption pairs of {len(pretrain_classes(settings.patterned))} "
             f"classes rendered in {time.perf_counter() - start:.1f}s")
         mean = torch.tensor(preprocess_cfg["mean"]).view(1, 3, 1, 1) * 255
         std = torch.tensor(preprocess_cfg["std"]).view(1, 3, 1, 1) * 255
 
-        embed_dim = int(model.text_projection.shape[-1]) if not isinstance(model.text_projection, nn.Linear) \
-            else int(model.text_projection.out_features)
-        heads = AttributeHeads(embed_dim) if settings.attribute_weight > 0 else None
+        heads = AttributeHeads(embed_dim_of(model)) if settings.attribute_weight > 0 else None
         groups = _param_groups(model, settings.weight_decay)
         if heads is not None:
             groups.append({"params": list(heads.parameters()), "weight_decay": 0.0})

@@ -66,8 +66,9 @@ NOISE = ("Token authentication is enabled", "PYTHON worker processes have been s
 
 
 def test_sweep_survives_a_failed_trial_resumes_and_matches_a_plain_run(tmp_path):
-    """An injected failure after task 1 of every trial: Train resumes each from its checkpoint; the
-    store ends complete and unduplicated, and its numbers equal a plain in-process run of the same config.
+    """An injected failure after task 1 of every trial: Ray Tune retries each trial (its worker runs inside
+    it), which resumes from its checkpoint; the store ends complete and unduplicated, and its numbers equal
+    a plain in-process run of the same config.
     Running the command again starts no new trial. The console names each trial's parameters, the sweep's
     k/N, elapsed time and ETA, shows heartbeats inside tasks, and none of Ray's or Optuna's start-up noise."""
     overrides = sum((["--set", s] for s in SMALL), [])
@@ -77,6 +78,10 @@ def test_sweep_survives_a_failed_trial_resumes_and_matches_a_plain_run(tmp_path)
     proc = sweep_cli("sweeps/quickstart.yaml", "--storage", str(tmp_path / "store"), *overrides, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert len(list((tmp_path / "markers").iterdir())) == 2  # each trial failed once
+    # ... and the console said so, naming the failure, as Ray Tune retried it.
+    retried = re.findall(r"^setting=\S+  \S+  seed 0  .*failed after task 2/3: .*injected failure after task 1; "
+                         r"retrying from its last checkpoint", proc.stdout, re.M)
+    assert len(retried) == 2, proc.stdout[-3000:]
     root = tmp_path / "store" / "quickstart"
     runs = pd.read_parquet(root / "runs")
     tasks = pd.read_parquet(root / "tasks")
@@ -207,6 +212,43 @@ def test_sweep_of_eight_trials_encodes_the_images_once(tmp_path):
     assert "Traceback" not in proc.stderr and "Trials did not complete" not in proc.stderr, proc.stderr[-3000:]
     logs = list((root / "feature_cache").glob("*/builds.log"))
     assert len(logs) == 1 and len(logs[0].read_text().splitlines()) == 1
+
+
+def test_asha_stops_a_trial_and_its_reused_process_runs_the_next(tmp_path):
+    """Workers inside the trials (the default) under ASHA: Tune ends a stopped trial's function at its report
+    and runs every next trial in the same process (one slot: one process for all 8 trials); the stopped
+    trial is recorded as stopped with the rows of the tasks it finished, equal to a plain run's."""
+    from clapray.sweep.timeline import TIMELINE_ENV, read
+
+    overrides = [s for s in SMALL if not s.startswith("search.trials_per_cell")] + [
+        "search.trials_per_cell=4", "resources.max_concurrent_trials=1", "scheduler.asha.grace_tasks=1",
+        "scheduler.asha.reduction_factor=2"]
+    timeline = tmp_path / "timeline"
+    timeline.mkdir()
+    proc = sweep_cli("sweeps/quickstart.yaml", "--storage", str(tmp_path / "store"),
+                     *sum((["--set", s] for s in overrides), []), env={TIMELINE_ENV: str(timeline)})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    root = tmp_path / "store" / "quickstart"
+    assert verify_consistency(root) == []
+    runs = pd.read_parquet(root / "runs")
+    tasks = pd.read_parquet(root / "tasks")
+    assert len(runs) == 8 and set(runs["status"]) == {"finished", "stopped"}, runs[["status", "tasks_done"]]
+    stopped = runs[runs["status"] == "stopped"]
+    assert (stopped["tasks_done"] < 3).all() and (runs[runs["status"] == "finished"]["tasks_done"] == 3).all()
+    assert tasks.groupby("run_id").size().to_dict() == dict(zip(runs["run_id"], runs["tasks_done"], strict=True))
+    drivers = {e["pid"] for e in read(timeline) if e["role"] == "driver" and e["event"] == "enter"}
+    assert len(drivers) == 1, drivers
+    import torch
+    import yaml
+
+    from clapray.learner import ContinualLearner
+
+    torch.set_num_threads(1)
+    for _, run in stopped.iterrows():
+        cfg = from_mapping(RunConfig, yaml.safe_load(run["config_yaml"]), "runs.config_yaml")
+        plain = [r.last_acc for r in ContinualLearner(cfg).run()][: run["tasks_done"]]
+        stored = tasks[tasks["run_id"] == run["run_id"]].sort_values("task")["last_acc"].to_numpy()
+        np.testing.assert_allclose(stored, plain, atol=1e-6)
 
 
 def test_a_stopped_or_failed_trial_keeps_the_provenance_its_workers_recorded(tmp_path):

@@ -42,7 +42,7 @@ grid: {optim.lr: [0.001, 100.0]}
 seeds: [0]
 storage: store
 scheduler: none
-resources: {workers_per_trial: 1, cpus_per_worker: 1}
+resources: {workers_per_trial: 1, cpus_per_worker: 1, executor: worker_group}
 retries: 2
 """
 
@@ -130,6 +130,31 @@ def test_fractional_gpus_pack_several_trials_per_gpu():
     unbounded = (NodeKind({"CPU": 8.0, TRAIN_DRIVER: 32.0}), NodeKind({"CPU": 4.0, "GPU": 1.0}, count=-1))
     assert plan_trials(TrialFootprint(1, 1, 0.25), unbounded, max_concurrent_trials=None,
                        where="c").max_concurrent_trials == 32
+
+
+def test_a_trial_with_its_worker_inside_holds_the_workers_resources_itself():
+    """executor in_trial: Tune places each trial process on the worker's CPUs and GPU share (any node, not the
+    driver slots), as many at once as the nodes hold."""
+    nodes = (NodeKind({"CPU": 8.0, TRAIN_DRIVER: 5.0}), NodeKind({"CPU": 4.0, "GPU": 1.0}, count=8))
+    placement = plan_trials(TrialFootprint(1, 1, 0.25, in_trial=True), nodes, max_concurrent_trials=None, where="c")
+    assert dict(placement.driver_resources) == {"cpu": 1.0, "gpu": 0.25}
+    # 4 per 4-CPU, 1-GPU node; the head has no GPU for the bundle.
+    assert placement.max_concurrent_trials == 32  # not the 5 driver slots: in-trial trials do not use them
+    assert placement.note == ("trials: at most 32 at once, what c holds ({CPU: 1, GPU: 0.25} per trial, its worker "
+                              "inside the trial's process); set resources.max_concurrent_trials to run fewer")
+    cpu_only = plan_trials(TrialFootprint(1, 2, 0.0, in_trial=True), (NodeKind({"CPU": 2.0, TRAIN_DRIVER: 1000.0}),),
+                           max_concurrent_trials=None, where="c")
+    assert dict(cpu_only.driver_resources) == {"cpu": 2.0} and cpu_only.max_concurrent_trials == 1
+    # Without train_driver anywhere nothing changes: no driver CPU to add, no note about it.
+    plain = plan_trials(TrialFootprint(1, 1, 0.0, in_trial=True), (NodeKind({"CPU": 2.0}),), max_concurrent_trials=None,
+                        where="c")
+    assert dict(plain.driver_resources) == {"cpu": 1.0} and plain.max_concurrent_trials == 2
+    assert "train_driver" not in plain.note
+    assert plan_trials(TrialFootprint(1, 1, 0.25, in_trial=True), nodes, max_concurrent_trials=3,
+                       where="c").max_concurrent_trials == 3
+    unbounded = (NodeKind({"CPU": 8.0}), NodeKind({"CPU": 4.0, "GPU": 1.0}, count=-1))
+    assert plan_trials(TrialFootprint(1, 1, 0.25, in_trial=True), unbounded, max_concurrent_trials=None,
+                       where="c").max_concurrent_trials is None
 
 
 def test_without_train_driver_drivers_reserve_a_little_cpu_and_trials_are_capped():
@@ -308,7 +333,8 @@ def test_sweep_on_a_plain_ray_start_cluster(plain_cluster, tmp_path):
     assert refused.stderr.strip().splitlines() == [
         f"error: --address {address}: the cluster requires token authentication: export RAY_AUTH_MODE=token and "
         "give this machine the cluster's token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)"]
-    # With it, the sweep runs: no train_driver on this cluster, so the drivers reserve CPU, one trial at a time.
+    # With it, the sweep runs: worker groups, and no train_driver on this cluster, so the drivers reserve CPU,
+    # one trial at a time.
     proc = sweep_cli(["sweep.yaml", "--address", address], tmp_path, env, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"note: the cluster at {address} advertises no train_driver resource" in proc.stdout

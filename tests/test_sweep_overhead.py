@@ -180,10 +180,64 @@ def test_gpus_per_worker_above_one_must_be_whole():
         ResourcesConfig(gpus_per_worker=1.5)
 
 
-def test_trial_drivers_are_reused_only_where_no_scheduler_stops_trials():
+def test_trial_processes_are_reused_unless_a_scheduler_stops_worker_groups():
     from clapray.sweep import load_sweep_config
     from clapray.sweep.driver import reuses_trial_drivers
 
     assert reuses_trial_drivers(load_sweep_config(REPO / "sweeps" / "quickstart.yaml"))
-    # ASHA stops trials whose function is still running: their drivers must be killed, not kept for reuse.
-    assert not reuses_trial_drivers(load_sweep_config(REPO / "sweeps" / "ablation.yaml"))
+    # With the worker inside the trial, Tune ends a stopped trial's function at its report: reused under ASHA.
+    ablation = load_sweep_config(REPO / "sweeps" / "ablation.yaml")
+    assert ablation.scheduler is not None and ablation.resources.in_trial and reuses_trial_drivers(ablation)
+    # A worker group's trial blocks in fit(): under ASHA its process must be killed, not kept for reuse.
+    assert not reuses_trial_drivers(load_sweep_config(REPO / "sweeps" / "ablation.yaml",
+                                                      ["resources.executor=worker_group"]))
+    assert reuses_trial_drivers(load_sweep_config(REPO / "sweeps" / "quickstart.yaml",
+                                                  ["resources.executor=worker_group"]))
+
+
+def test_the_executor_resolves_per_worker_count_and_refuses_in_trial_for_several_workers(tmp_path):
+    from clapray.sweep import load_sweep_config
+    from clapray.sweep.model import ResourcesConfig
+
+    assert ResourcesConfig().in_trial and ResourcesConfig(executor="in_trial").in_trial
+    assert not ResourcesConfig(workers_per_trial=2).in_trial  # auto: several workers need a worker group
+    assert not ResourcesConfig(executor="worker_group").in_trial
+    with pytest.raises(ConfigError, match="executor: expected worker_group or auto when workers_per_trial > 1"):
+        ResourcesConfig(workers_per_trial=2, executor="in_trial")
+    for value in ("local", "IN_TRIAL", ""):
+        with pytest.raises(ConfigError, match="resources.executor"):
+            load_sweep_config(REPO / "sweeps" / "quickstart.yaml", [f"resources.executor={value}"])
+
+
+def test_a_sweep_resumes_under_another_executor_but_not_with_other_resources(tmp_path):
+    """The executor changes how a trial runs, not what it computes (and both read the same checkpoints), so
+    a store started under one resumes under the other; any other field still makes a changed sweep."""
+    from clapray.sweep import load_sweep_config
+    from clapray.sweep.resolved import SweepChanged, check_same_sweep, save_sweep
+
+    root = str(tmp_path / "store")
+    quickstart = REPO / "sweeps" / "quickstart.yaml"
+    save_sweep(load_sweep_config(quickstart, ["resources.executor=worker_group"]), root)
+    assert check_same_sweep(load_sweep_config(quickstart), root)
+    assert check_same_sweep(load_sweep_config(quickstart, ["resources.executor=in_trial"]), root)
+    with pytest.raises(SweepChanged, match=r"resources.cpus_per_worker \(1 -> 2\)"):
+        check_same_sweep(load_sweep_config(quickstart, ["resources.cpus_per_worker=2"]), root)
+
+
+def test_the_breakdown_of_a_trial_whose_worker_runs_inside_it():
+    """executor in_trial: the worker's events come from the trial's own process, so there is no controller,
+    group or worker start, and a reused process has nothing left to import."""
+    def trial(name, t0, imports):
+        d = lambda e, t: _event("driver", e, t, 10, 90.0, name)  # noqa: E731
+        w = lambda e, t: _event("worker", e, t, 10, 90.0, name)  # noqa: E731
+        return [d("enter", t0), d("fit", t0 + 0.1), w("enter", t0 + 0.2), w("imported", t0 + 0.2 + imports),
+                w("learner_ready", t0 + 0.5 + imports), w("task_start", t0 + 0.5 + imports),
+                w("task_end", t0 + 1.5 + imports), w("reported", t0 + 1.6 + imports), w("exit", t0 + 1.6 + imports),
+                d("fitted", t0 + 1.7 + imports)]
+
+    first, reused = trial_breakdowns(trial("a", 100.0, 3.0) + trial("b", 106.0, 0.0))
+    assert first.phases["controller + group"] == pytest.approx(0.1) and first.phases["worker start"] == 0.0
+    assert first.phases["worker imports"] == pytest.approx(3.0) and first.phases["driver start"] == pytest.approx(10.0)
+    assert reused.phases["driver start"] == pytest.approx(106.0 - 104.7)
+    assert reused.phases["worker imports"] == 0.0 and reused.orchestration == pytest.approx(0.7 + 1.3)
+    assert sum(first.phases.values()) == pytest.approx(first.span)

@@ -126,7 +126,8 @@ def feature_build_started(root: Path) -> Callable[[], bool]:
 
 
 def checkpoints_registered(root: Path, task: int, trials: int) -> Callable[[], bool]:
-    """At least ``trials`` Train runs have registered the checkpoint of ``task`` (Train's own snapshot)."""
+    """At least ``trials`` Train runs (worker groups) have registered the checkpoint of ``task`` (Train's own
+    snapshot, written after the checkpoint's files are all persisted)."""
     def check() -> bool:
         count = 0
         for snapshot in root.glob("train_runs/*/checkpoint_manager_snapshot.json"):
@@ -136,6 +137,12 @@ def checkpoints_registered(root: Path, task: int, trials: int) -> Callable[[], b
                 pass
         return count >= trials
     return check
+
+
+def checkpoints_saved(root: Path, task: int, trials: int) -> Callable[[], bool]:
+    """At least ``trials`` trials have saved the checkpoint of ``task`` (its learner file is in place, the
+    last file a checkpoint gets, whichever executor wrote it)."""
+    return lambda: len(list(root.glob(f"train_runs/*/task_{task:03d}/learner.pt"))) >= trials
 
 
 def stored_rows(root: Path, table: str) -> pd.DataFrame:
@@ -215,22 +222,22 @@ def killed_and_resumed(tmp_path_factory) -> dict:
     survivor.kill()
     logs["a"] = survivor.output()
 
-    # 2. Mid-trial, once the first trial's task-0 checkpoint is registered (and tasks remain).
+    # 2. Mid-trial, once the first trial's task-0 checkpoint is saved (and tasks remain).
     driver = Driver(store, base / "b.log")
-    timings["mid_trial"] = driver.wait_until(checkpoints_registered(root, 0, 1), "a registered task checkpoint")
+    timings["mid_trial"] = driver.wait_until(checkpoints_saved(root, 0, 1), "a saved task checkpoint")
     driver.kill()
     logs["b"] = driver.output()
 
-    # 3. Right after the first trial's final checkpoint: its Train run is complete, but Ray Tune has most
+    # 3. Right after the first trial's final checkpoint: its learning is complete, but Ray Tune has most
     #    likely not saved that trial's final result yet (it saves its state every >= 10 s).
     driver = Driver(store, base / "c.log")
-    timings["trial_done"] = driver.wait_until(checkpoints_registered(root, NUM_TASKS - 1, 1), "a finished trial")
+    timings["trial_done"] = driver.wait_until(checkpoints_saved(root, NUM_TASKS - 1, 1), "a finished trial")
     driver.kill()
     logs["c"] = driver.output()
 
-    # 4. Near the end: the second trial's final checkpoint is registered too.
+    # 4. Near the end: the second trial's final checkpoint is saved too.
     driver = Driver(store, base / "d.log")
-    timings["both_done"] = driver.wait_until(checkpoints_registered(root, NUM_TASKS - 1, 2), "both trials done")
+    timings["both_done"] = driver.wait_until(checkpoints_saved(root, NUM_TASKS - 1, 2), "both trials done")
     driver.kill()
     logs["d"] = driver.output()
 
@@ -330,10 +337,12 @@ def test_damaged_store_is_reported_then_restored_changed_sweep_refused_compact(k
     assert rc == 2 and len(errors) == 1 and "cannot be restored" in errors[0] and "trial-" in errors[0], out[-3000:]
 
 
-def test_a_killed_worker_node_mid_trial_is_survived(tmp_path):
-    """A local cluster: a head (trial drivers only) and two worker nodes; the node running the first trial's
-    Train worker is killed after its first task, Ray Train restarts the worker group on the other node from
-    that task's checkpoint, and the sweep completes as an uninterrupted one."""
+@pytest.mark.parametrize("executor", ["worker_group", "in_trial"])
+def test_a_killed_worker_node_mid_trial_is_survived(tmp_path, executor):
+    """A local cluster: a head (the worker groups' trial drivers only) and two worker nodes; the node running
+    the first trial's worker is killed after its first task. A worker group is restarted by Ray Train on the
+    other node from that task's checkpoint; a trial whose worker runs inside it is retried there by Ray Tune
+    and resumes from the same checkpoint. Either way the sweep completes as an uninterrupted one."""
     import socket
 
     from ray.cluster_utils import Cluster
@@ -348,8 +357,10 @@ def test_a_killed_worker_node_mid_trial_is_survived(tmp_path):
     store = tmp_path / "store"
     root = store / "quickstart"
     driver = None
+    in_trial = executor == "in_trial"
     try:
-        overrides = SMALL
+        # Tasks of a few seconds (task 1 about 4 s), so the node dies while the first trial learns task 1.
+        overrides = [*SMALL, f"resources.executor={executor}", "set.optim.epochs=200"]
         log = tmp_path / "node.log"
         handle = open(log, "w")
         proc = subprocess.Popen(
@@ -358,12 +369,14 @@ def test_a_killed_worker_node_mid_trial_is_survived(tmp_path):
             cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **ENV}, start_new_session=True)
         driver = proc
         start = time.monotonic()
-        while not checkpoints_registered(root, 0, 1)():
+        saved = checkpoints_saved(root, 0, 1) if in_trial else checkpoints_registered(root, 0, 1)
+        while not saved():
             assert proc.poll() is None, log.read_text()[-4000:]
             assert time.monotonic() - start < 400, log.read_text()[-4000:]
             time.sleep(0.1)
-        # The node whose raylet hosts the Train worker: the one with a worker process of the trial.
-        victim = _node_running_train_worker(cluster, nodes)
+        # The node whose raylet hosts the trial's worker: a Ray Train worker actor, or the trial itself.
+        # (Ray Tune's function trainables are actors of class ImplicitFunc.)
+        victim = _node_running(cluster, nodes, "ImplicitFunc" if in_trial else "RayTrainWorker")
         cluster.remove_node(victim, allow_graceful=False)
         rc = proc.wait(timeout=600)
         handle.close()
@@ -372,13 +385,18 @@ def test_a_killed_worker_node_mid_trial_is_survived(tmp_path):
         assert_complete_and_unduplicated(root)
         assert_rows_equal_plain_runs(root)
         assert "Traceback" not in out
-        # Ray Train saw the worker group fail and retried it (the trial resumed, not restarted: one
-        # "task 1/3" line per trial).
-        logs = Path(cluster.head_node.get_session_dir_path(), "logs", "train").glob("ray-train-*controller*.log")
-        assert any("[FailurePolicy] RETRY" in f.read_text() for f in logs)
-        # (the progress line shows the sampled parameters between the seed and the task)
-        assert len(re.findall(r"seed 0  [^\n]*task 1/3", out)) == 2
-        print(f"node kill test: {time.monotonic() - start:.0f}s from the sweep's start")
+        if in_trial:
+            # Ray Tune saw the trial fail and retried it, once.
+            retried = re.findall(r"seed 0  [^\n]*failed after task 1/3: .*retrying from its last checkpoint", out)
+            assert len(retried) == 1, out[-4000:]
+        else:
+            # Ray Train saw the worker group fail and retried it.
+            logs = Path(cluster.head_node.get_session_dir_path(), "logs", "train").glob("ray-train-*controller*.log")
+            assert any("[FailurePolicy] RETRY" in f.read_text() for f in logs)
+        # The trial resumed, not restarted: one "task 1/3" line per trial (the progress line shows the sampled
+        # parameters between the seed and the task).
+        assert len(re.findall(r"seed 0  [^\n]*  task 1/3  acc ", out)) == 2, out[-4000:]
+        print(f"node kill test ({executor}): {time.monotonic() - start:.0f}s from the sweep's start")
     finally:
         if driver is not None and driver.poll() is None:
             kill_session(driver.pid)
@@ -386,8 +404,9 @@ def test_a_killed_worker_node_mid_trial_is_survived(tmp_path):
         cluster.shutdown()
 
 
-def _node_running_train_worker(cluster, nodes):
-    """The worker node on which a Ray Train worker actor is alive (state API through the head)."""
+def _node_running(cluster, nodes, actor_class: str):
+    """The worker node on which an actor whose class name contains ``actor_class`` is alive (state API
+    through the head)."""
     import ray
     from ray.util.state import list_actors
 
@@ -396,11 +415,11 @@ def _node_running_train_worker(cluster, nodes):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             actors = list_actors(address=cluster.address, filters=[("state", "=", "ALIVE")], limit=1000)
-            hosts = {a.node_id for a in actors if re.search(r"RayTrainWorker", a.class_name or "")}
+            hosts = {a.node_id for a in actors if actor_class in (a.class_name or "")}
             for node in nodes:
                 if node.node_id in hosts:
                     return node
             time.sleep(0.5)
-        raise AssertionError("no live Ray Train worker found on a worker node")
+        raise AssertionError(f"no live {actor_class} actor found on a worker node")
     finally:
         ray.shutdown()

@@ -124,3 +124,26 @@ def test_start_points_are_validated(tmp_path):
     bad = {**SWEEP, "search": {**SWEEP["search"], "start_from": [{"optim.lr": 0.1}]}}
     with pytest.raises(ConfigError, match=r"search\.start_from\[0\]\.optim\.lr: expected a search parameter"):
         sweep_from_mapping(bad, "sweep.yaml")
+
+
+def test_a_configuration_told_before_a_kill_is_not_told_again(tmp_path):
+    """A driver killed after its searcher told the study a configuration's result, but before Ray Tune saved
+    those trials as ended: the resumed sweep runs the trials' ends again (final results, or a failure) and
+    the searcher, restored from before the tell, must leave the studies' first answers as they are."""
+    search = searcher(tmp_path)
+    trials = [f"t{i}" for i in range(4)]  # the first configuration of each cell, both seeds
+    for trial_id in trials:
+        search.suggest(trial_id)
+    checkpoint = tmp_path / "searcher.pkl"
+    search.save(str(checkpoint))
+    for trial_id in trials:
+        finish(search, trial_id, 40.0)  # told, then the driver is killed
+    resumed = searcher(tmp_path)
+    resumed.restore(str(checkpoint))
+    for trial_id in trials[:3]:
+        finish(resumed, trial_id, 40.0)  # the resumed trials report their final results again
+    resumed.on_trial_complete(trials[3], error=True)  # and Tune's failure path ends one of them
+    studies = [s for s in load_studies(str(tmp_path)).values() if s.trials]
+    assert len(studies) == 2
+    for study in studies:
+        assert [(t.state, t.value) for t in study.trials] == [(TrialState.COMPLETE, 40.0)]

@@ -6,10 +6,12 @@ Phases of one trial, in the order they happen (seconds, from the events of its p
   or, for a driver process Tune reuses, its previous trial's end -> this trial's function;
 * ``driver set-up``: building the trial's run config and trainer;
 * ``controller + group``: ``fit()`` -> the first Train worker process exists (the Train controller's process
-  and imports, the worker placement group, the worker actors' creation);
+  and imports, the worker placement group, the worker actors' creation); for a worker inside the trial's
+  process (``executor: in_trial``), ``fit()`` -> the training function;
 * ``worker start``: worker process start-up, Ray's worker set-up and, for several workers, the torch
-  process group, until the training function runs;
-* ``worker imports``: torch, open_clip and the learner, imported by the training function;
+  process group, until the training function runs (nothing for a worker inside the trial's process);
+* ``worker imports``: torch, open_clip and the learner, imported by the training function (already imported
+  in a trial process Tune reuses);
 * ``learner set-up``: shared features from the object store, the model, a checkpoint to resume from;
 * ``learning``: the tasks themselves (what a plain Python run also spends);
 * ``report + ckpt``: the rows written to the store, the checkpoint saved and persisted, ``ray.train.report``;
@@ -71,7 +73,11 @@ def trial_breakdowns(events: Iterable[Mapping]) -> list[TrialBreakdown]:
         exited = _first(trial_events, "worker", "exit", last=True)
         if None in (enter, fit, fitted, worker_enter, imported, ready, exited):
             continue
-        worker_started = min(e["started"] for e in trial_events if e["role"] == "worker")
+        if worker_enter["pid"] == enter["pid"]:
+            # The worker runs inside the trial's process (executor in_trial): no process of its own to start.
+            worker_started = worker_enter["t"]
+        else:
+            worker_started = min(e["started"] for e in trial_events if e["role"] == "worker")
         learning = report = 0.0
         rank0 = [e for e in trial_events if e["role"] == "worker" and e["pid"] == worker_enter["pid"]]
         for before, after in zip(rank0, rank0[1:], strict=False):

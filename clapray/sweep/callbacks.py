@@ -175,6 +175,13 @@ class ProgressPrinter(Callback):
                 f"(full log: {error_log(trial)})")
         self._print(self._line(trials, trial, what, (trial, TrialState(cell, "failed"))))
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        cell = trial.config["cell"]
+        done = int((trial.last_result or {}).get("tasks_done", 0))
+        what = (f"failed after task {done}/{self.num_tasks[cell]}: {failure_reason(trial.error_file)}; retrying "
+                f"from its last checkpoint")
+        self._print(self._line(trials, trial, what, (trial, TrialState(cell, "running"))))
+
     def on_experiment_end(self, trials, **info):
         for line in progress_lines(self._states(trials), self.metric, self.mode):
             self._print(line)

@@ -10,10 +10,11 @@
   address nobody answers on, a server that is not a Ray GCS, a cluster of another Ray version, one that
   requires token authentication the driver was not given.
 * :func:`plan_trials`: checks that one trial (its Ray Train workers) fits the cluster, counting the node
-  types an autoscaler may add, places the trial drivers (on the custom ``train_driver`` resource when the
-  cluster advertises it (``cluster/aws.yaml``'s head, a local Ray), else on a small CPU reservation) and,
-  unless the sweep sets ``max_concurrent_trials``, runs as many trials at once as the cluster holds (with
-  fractional ``gpus_per_worker``, several trials per GPU).
+  types an autoscaler may add, places the trial processes (holding their worker's CPUs and GPU share when the
+  worker runs inside them, ``executor: in_trial``; for a worker group, on the custom ``train_driver`` resource
+  when the cluster advertises it (``cluster/aws.yaml``'s head, a local Ray), else on a small CPU reservation)
+  and, unless the sweep sets ``max_concurrent_trials``, runs as many trials at once as the cluster holds
+  (with fractional ``gpus_per_worker``, several trials per GPU).
 """
 
 from __future__ import annotations
@@ -50,11 +51,12 @@ TOKEN_HINT = ("the cluster requires token authentication: export RAY_AUTH_MODE=t
 
 @dataclass(frozen=True)
 class TrialFootprint:
-    """What one trial's Ray Train worker group occupies."""
+    """What one trial's Ray Train workers occupy (``in_trial``: its one worker runs inside the trial's process)."""
 
     workers: int
     cpus_per_worker: float
     gpus_per_worker: float
+    in_trial: bool = False
 
     def worker_bundle(self) -> dict[str, float]:
         bundle = {"CPU": float(self.cpus_per_worker)}
@@ -305,6 +307,8 @@ def plan_trials(footprint: TrialFootprint, nodes: tuple[NodeKind, ...], *, max_c
     if capacity < footprint.workers:
         raise UserError(f"resources: a trial needs {footprint.workers} workers of {_text(bundle)} at once, but "
                         f"{where} can hold {int(capacity)}; lower resources.workers_per_trial{hint}")
+    if footprint.in_trial:
+        return _trials_hold_their_worker(footprint, per_node, max_concurrent_trials, where)
     if any(node.resources.get(TRAIN_DRIVER, 0) >= 1 for node in nodes):
         return _packed_on_train_driver(footprint, per_node, max_concurrent_trials, where)
     # No train_driver anywhere (a plain `ray start`, KubeRay, SLURM): each driver takes DRIVER_CPU. Tune would
@@ -345,6 +349,26 @@ def _packed_on_train_driver(footprint: TrialFootprint, per_node: list[tuple[Node
         note = (f"trials: at most {derived} at once, what {where} holds ({footprint.workers} worker(s) of "
                 f"{_text(footprint.worker_bundle())} per trial); set resources.max_concurrent_trials to run fewer")
     return TrialPlacement({"cpu": 0, TRAIN_DRIVER: 1}, derived, note, tuple(nodes))
+
+
+def _trials_hold_their_worker(footprint: TrialFootprint, per_node: list[tuple[NodeKind, int]],
+                              max_concurrent_trials: int | None, where: str) -> TrialPlacement:
+    """A trial whose worker runs inside its own process asks Tune for the worker's CPUs and GPU share itself;
+    Tune then places trials wherever one fits (any node, not ``train_driver``) and starts no more than fit.
+    The count derived here (one trial per worker bundle the nodes hold) is what the note says and the cap."""
+    bundle = footprint.worker_bundle()
+    resources = {key.lower(): value for key, value in bundle.items()}
+    nodes = tuple(node for node, _ in per_node)
+    workers = sum(math.inf if node.count < 0 else fit * node.count for node, fit in per_node)
+    derived = None if math.isinf(workers) else max(1, int(workers))
+    if max_concurrent_trials is not None:
+        cap = max_concurrent_trials if derived is None else min(max_concurrent_trials, derived)
+        return TrialPlacement(resources, cap, None, nodes)
+    note = None
+    if derived is not None:
+        note = (f"trials: at most {derived} at once, what {where} holds ({_text(bundle)} per trial, its worker "
+                f"inside the trial's process); set resources.max_concurrent_trials to run fewer")
+    return TrialPlacement(resources, derived, note, nodes)
 
 
 def _fits(resources: Mapping[str, float], bundle: Mapping[str, float]) -> int:

@@ -36,8 +36,9 @@ def describe(sweep: SweepConfig) -> str:
     res = sweep.resources
     concurrency = (f"at most {res.max_concurrent_trials} trials at once" if res.max_concurrent_trials
                    else "concurrency limited by the cluster's resources")
+    where = "inside the trial's process" if res.in_trial else "a Ray Train worker group"
     row("resources", f"{res.workers_per_trial} worker(s) per trial x ({res.gpus_per_worker:g} GPU, "
-        f"{res.cpus_per_worker} CPU); {concurrency}")
+        f"{res.cpus_per_worker} CPU), {where}; {concurrency}")
     row("retries", f"{sweep.retries} (a failed trial resumes from its last finished task)")
     if sweep.grid:
         row("grid", "; ".join(f"{axis}: {', '.join(format_value(v) for v in values)}"

@@ -154,18 +154,21 @@ def _trial_spec(sweep: SweepConfig, root: str) -> TrialSpec:
     res = sweep.resources
     return TrialSpec(sweep=sweep.name, store=root, metric=sweep.search.metric,
                      workers_per_trial=res.workers_per_trial, gpus_per_worker=res.gpus_per_worker,
-                     cpus_per_worker=res.cpus_per_worker, retries=sweep.retries)
+                     cpus_per_worker=res.cpus_per_worker, retries=sweep.retries, in_trial=res.in_trial)
 
 
 def reuses_trial_drivers(sweep: SweepConfig) -> bool:
-    """Whether a finished trial's driver process (Ray and this package imported) runs the next trial instead
-    of a fresh process that starts and imports again (Tune's ``reuse_actors``).
+    """Whether a finished trial's process (Ray and this package imported; with the worker inside it, torch and
+    the learner too) runs the next trial instead of a fresh process that starts and imports again (Tune's
+    ``reuse_actors``).
 
-    Not with ASHA: Tune would keep a stopped trial's driver for reuse while its function, blocked in the
-    Train run's ``fit()``, kept training; killing the driver is what stops the Train run (the driver owns
-    its controller). Without a scheduler a trial ends only when its function returns or fails, and Tune
-    never reuses a failed trial's driver."""
-    return sweep.scheduler is None
+    Always when the worker runs inside the trial: Ray Tune ends a stopped trial's training function at its
+    next report, which is where the function waits whenever Tune decides (reports are synchronous). Not with
+    ASHA for a worker group: Tune would keep a stopped trial's process for reuse while its function, blocked
+    in the Train run's ``fit()``, kept training; killing that process is what stops the Train run (it owns
+    the controller). Without a scheduler a trial ends only when its function returns or fails, and Tune never
+    reuses a failed trial's process."""
+    return sweep.resources.in_trial or sweep.scheduler is None
 
 
 def _run_tuner(sweep: SweepConfig, root: str, num_tasks: dict[str, int], *, address: str | None, out,

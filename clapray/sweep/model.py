@@ -236,9 +236,12 @@ class AshaConfig(TypedConfig):
     reduction_factor: float = config_field(3.0, doc="keep the best 1/factor of trials at every rung", gt=1.0)
 
 
+EXECUTORS = ("auto", "in_trial", "worker_group")
+
+
 @dataclass(frozen=True)
 class ResourcesConfig(TypedConfig):
-    """What one trial occupies: a Ray Train worker group."""
+    """What one trial occupies (its Ray Train workers) and where they run."""
 
     workers_per_trial: int = config_field(1, doc="Ray Train workers (DDP ranks) per trial", ge=1, le=1024)
     gpus_per_worker: float = config_field(0.0, doc="GPUs per worker (fractions share a GPU); 0 = CPU only", ge=0.0,
@@ -246,8 +249,22 @@ class ResourcesConfig(TypedConfig):
     cpus_per_worker: int = config_field(1, doc="CPUs per worker (data loading threads)", ge=1, le=1024)
     max_concurrent_trials: int | None = config_field(None, doc="cap on trials running at once; null = as many as "
                                                "the cluster's resources allow", ge=1, le=100_000)
+    executor: str = config_field(
+        "auto", doc="where a trial's Ray Train worker runs: in_trial (Ray Train's local mode, inside the trial's own "
+        "process: no controller or worker process per trial, torch imported once per trial slot; a failed trial is "
+        "retried by Ray Tune from its last task's checkpoint), worker_group (a Train controller and worker actors "
+        "per trial; Ray Train retries a failed worker group; needed for several workers) or auto (in_trial for "
+        "one worker, worker_group for several). Results are identical either way", choices=EXECUTORS)
+
+    @property
+    def in_trial(self) -> bool:
+        """Whether a trial's one worker runs inside the trial's process (``executor`` resolved)."""
+        return self.executor == "in_trial" or (self.executor == "auto" and self.workers_per_trial == 1)
 
     def check(self) -> None:
+        if self.executor == "in_trial" and self.workers_per_trial > 1:
+            raise ConfigError(type(self).__name__, "executor", "worker_group or auto when workers_per_trial > 1 "
+                              "(in_trial runs one worker, inside the trial's process)", self.executor)
         # Ray shares a GPU between actors only in fractions of one; above one it wants whole GPUs.
         if self.gpus_per_worker > 1 and not float(self.gpus_per_worker).is_integer():
             raise ConfigError(type(self).__name__, "gpus_per_worker", "a fraction of one GPU (e.g. 0.25: four "

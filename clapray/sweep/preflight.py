@@ -23,7 +23,7 @@ from clapray.validation import check_data_available, check_storage, check_weight
 
 def footprint(sweep: SweepConfig) -> TrialFootprint:
     res = sweep.resources
-    return TrialFootprint(res.workers_per_trial, res.cpus_per_worker, res.gpus_per_worker)
+    return TrialFootprint(res.workers_per_trial, res.cpus_per_worker, res.gpus_per_worker, res.in_trial)
 
 
 def distinct_cell_configs(sweep: SweepConfig) -> Iterator[RunConfig]:

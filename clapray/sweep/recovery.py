@@ -20,11 +20,11 @@ the runs and what is missing; nothing is guessed.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -167,30 +167,21 @@ def rows_complete(stored: StoredRun | None, tasks: int) -> bool:
 
 def latest_checkpoint(spec: TrialSpec, trial_id: str) -> tuple[list[TaskResult], RunProvenance] | None:
     """The task results and provenance in the trial's newest readable task checkpoint, or None."""
-    import torch
+    from clapray.checkpoint import load_checkpoint
+    from clapray.sweep import task_checkpoints
 
-    fs, base = resolve_filesystem(f"{spec.train_storage}/train-{trial_id}")
-    from pyarrow.fs import FileSelector, FileType
-
-    folders = sorted((i.path for i in fs.get_file_info(FileSelector(base, allow_not_found=True))
-                      if i.type == FileType.Directory and i.base_name.startswith("task_")), reverse=True)
-    for folder in folders:
-        try:
-            with fs.open_input_stream(f"{folder}/learner.pt") as fh:
-                state = torch.load(io.BytesIO(fh.readall()), map_location="cpu", weights_only=False)
-            history = [TaskResult.from_dict(r) for r in state["history"]]
-        except Exception as err:  # a partial upload: try the previous checkpoint
-            log.warning("%s: unreadable checkpoint (%s)", folder, err)
-            continue
+    def read(folder: Path) -> tuple[list[TaskResult], RunProvenance]:
+        history = [TaskResult.from_dict(r) for r in load_checkpoint(folder / task_checkpoints.LEARNER_FILE)["history"]]
+        if not history:
+            raise ValueError("no finished task")
         provenance = RunProvenance()
         try:
-            with fs.open_input_stream(f"{folder}/{PROVENANCE_FILE}") as fh:
-                provenance = RunProvenance(**json.loads(fh.readall()))
+            provenance = RunProvenance(**json.loads((folder / PROVENANCE_FILE).read_text()))
         except (OSError, ValueError, TypeError):
             pass
-        if history:
-            return history, provenance
-    return None
+        return history, provenance
+
+    return task_checkpoints.newest(spec.run_folder(trial_id), read)
 
 
 # --------------------------------------------------------------------------------------------------

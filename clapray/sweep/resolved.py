@@ -25,6 +25,9 @@ from clapray.sweep.model import SweepConfig
 SAVED_SWEEP = "sweep.yaml"
 # Fields that say where the store is rather than what the sweep is.
 LOCATION_FIELDS = ("storage",)
+# Fields that say how trials are executed, not what they compute (the stored numbers are the same either way,
+# and both executors resume from the same task checkpoints): a sweep may be resumed with another value.
+EXECUTION_FIELDS = (("resources", "executor"),)
 
 
 class SweepChanged(UserError):
@@ -34,8 +37,15 @@ class SweepChanged(UserError):
 def identity(sweep: SweepConfig) -> dict[str, Any]:
     """The resolved sweep as plain data, without its location."""
     data = json.loads(json.dumps(sweep.to_dict()))  # tuples -> lists, as YAML gives them back
+    return _without_location(data)
+
+
+def _without_location(data: dict[str, Any]) -> dict[str, Any]:
     for name in LOCATION_FIELDS:
         data.pop(name, None)
+    for section, name in EXECUTION_FIELDS:
+        if isinstance(data.get(section), dict):
+            data[section].pop(name, None)
     return data
 
 
@@ -79,10 +89,7 @@ def read_saved(root: str, filesystem: pafs.FileSystem | None = None) -> dict[str
         if fs.get_file_info(f"{path}/{SAVED_SWEEP}").type == pafs.FileType.NotFound:
             return None
         raise
-    data = yaml.safe_load(text) or {}
-    for name in LOCATION_FIELDS:
-        data.pop(name, None)
-    return data
+    return _without_location(yaml.safe_load(text) or {})
 
 
 def check_same_sweep(sweep: SweepConfig, root: str, filesystem: pafs.FileSystem | None = None) -> bool:

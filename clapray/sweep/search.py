@@ -183,6 +183,11 @@ class CellSearch(Searcher):
         if len(conf.outcomes) < len(self.sweep.seeds) or conf.number is None or conf.told:
             return
         study, values = self.study(conf.cell), list(conf.outcomes.values())
+        if _already_told(study, conf.number):
+            # A driver killed after its searcher told the study, but before Ray Tune saved the trial as ended:
+            # the resumed trial reported its (deterministic) final result again. The study keeps the first.
+            conf.told = True
+            return
         if conf.failed:
             study.tell(conf.number, state=TrialState.FAIL)
         elif any(v is None for v in values):
@@ -259,3 +264,8 @@ class PerCellASHA(FIFOScheduler):
 
     def debug_string(self) -> str:
         return "; ".join(f"{name}: {s.debug_string()}" for name, s in self.schedulers.items())
+
+
+def _already_told(study: Any, number: int) -> bool:
+    """Whether study trial ``number`` has ended (told a value, pruned or failed) in the study's storage."""
+    return any(t.number == number and t.state.is_finished() for t in study.get_trials(deepcopy=False))

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clapray.config import RunConfig
+from clapray.fileio import child
 from clapray.results import RunWriter
 from clapray.task_result import RunProvenance, SweepCoordinates
 from clapray.typed_config import from_mapping
@@ -33,17 +34,22 @@ class TrialSpec:
     workers_per_trial: int
     gpus_per_worker: float
     cpus_per_worker: int
-    retries: int  # times Ray Train restarts a failed worker group from the last task's checkpoint
+    retries: int  # times a failed trial (or worker group) is resumed from the last task's checkpoint
+    in_trial: bool = False  # the one worker runs inside the trial's process (Ray Train's local mode)
 
     @property
     def train_storage(self) -> str:
-        """Where Ray Train keeps each trial's run state and per-task checkpoints."""
-        return f"{self.store}/train_runs"
+        """Where each trial's per-task checkpoints (and a worker group's Ray Train run state) are kept."""
+        return child(self.store, "train_runs")
+
+    def run_folder(self, trial_id: str) -> str:
+        """Trial ``trial_id``'s folder under :attr:`train_storage` (named as its Ray Train run)."""
+        return child(self.train_storage, f"train-{trial_id}")
 
     @property
     def feature_store(self) -> str:
         """Where the frozen-feature cache entries of the sweep are kept."""
-        return f"{self.store}/feature_cache"
+        return child(self.store, "feature_cache")
 
     def worker_resources(self) -> dict[str, float]:
         """Ray resources of one Train worker."""

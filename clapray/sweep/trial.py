@@ -1,23 +1,30 @@
 """One sweep trial: a Ray Tune function trainable that runs the learner in a Ray Train run.
 
-``trial_driver`` is the Tune trial (it holds no data; on a cluster it runs on the head through the
-``train_driver`` resource). It starts a Ray Train trainer (:func:`trainer_class`: a ``TorchTrainer`` for
-several workers, Ray Train's ``DataParallelTrainer`` without a process group for one) whose workers run
-``train_worker``: the learner's task loop with a checkpoint and a report after every task. Rank 0 writes
-the trial's rows to the Parquet store before reporting, with deterministic file names, so a retried task
-overwrites its rows.
-A failed worker group is restarted by Ray Train from the last task's checkpoint; a failed trial driver is
-restarted by Ray Tune and finds the same Train run (its name is derived from the trial id), so it resumes
-from the same checkpoint.
+``trial_driver`` is the Tune trial. It runs a Ray Train trainer whose worker runs ``train_worker``: the
+learner's task loop with a checkpoint and a report after every task. Rank 0 writes the trial's rows to the
+Parquet store before reporting, with deterministic file names, so a retried task overwrites its rows. Where
+the worker runs is the sweep's ``resources.executor``:
 
-A Train run can outlive the Tune state that knows it: a sweep driver killed after a trial's last task but
-before Ray Tune saved that trial's final result restores the trial as still running. Its Train run then
-resumes from the final checkpoint with nothing left to train; the workers report the final task's metrics
-again (from the checkpoint) so that Tune, ASHA and the searcher see the trial complete, and rank 0 first
-rewrites the trial's rows if the store lacks them. (Reporting nothing would end the trial with Tune's
-stale last result: no metric at all, Ray Tune's "Trial returned a result which did not include the
-specified metric(s)" error that stops the whole sweep, or an earlier task's, recording a finished trial as
-stopped.)
+* ``in_trial`` (one worker; the default): Ray Train's local mode runs the training function inside the trial's
+  own process, which Ray Tune gave the worker's CPUs and GPU share. No controller or worker process per trial,
+  and a process Tune reuses for the next trial keeps torch and the learner imported. The worker persists each
+  task's checkpoint to the trial's run folder and reports to Ray Tune itself (:class:`TaskReports`). A failed
+  trial is retried by Ray Tune and resumes from the newest checkpoint there.
+* ``worker_group``: a Train controller and worker actors per trial (:func:`trainer_class`: a ``TorchTrainer``
+  for several workers, Ray Train's ``DataParallelTrainer`` without a process group for one); the trial process
+  holds no data (on a cluster it runs on the ``train_driver`` resource). A failed worker group is restarted by
+  Ray Train from the last task's checkpoint; a failed trial is restarted by Ray Tune and finds the same Train
+  run (its name is derived from the trial id), so it resumes from the same checkpoint.
+
+Both keep the same checkpoint layout (:mod:`clapray.sweep.task_checkpoints`), so either resumes the other's.
+
+A trial's checkpoints can outlive the Tune state that knows it: a sweep driver killed after a trial's last task
+but before Ray Tune saved that trial's final result restores the trial as still running. It then resumes from
+the final checkpoint with nothing left to train; the workers report the final task's metrics again (from the
+checkpoint) so that Tune, ASHA and the searcher see the trial complete, and rank 0 first rewrites the trial's
+rows if the store lacks them. (Reporting nothing would end the trial with Tune's stale last result: no metric at
+all, Ray Tune's "Trial returned a result which did not include the specified metric(s)" error that stops the
+whole sweep, or an earlier task's, recording a finished trial as stopped.)
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import math
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +44,7 @@ import ray.tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from clapray.progress import FileSink, Throttled, progress_path
-from clapray.sweep import timeline
+from clapray.sweep import task_checkpoints, timeline
 from clapray.sweep.spec import PROVENANCE_FILE, TrialIdentity, TrialSpec, WorkerPlan, trial_run_config
 
 # This module is imported by three kinds of Ray process per trial: the Tune trial driver, the Train
@@ -88,7 +96,6 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     spec, identity, cfg = plan.spec, plan.identity, plan.run
     timeline.mark("worker", "enter", identity.trial_id)
     import torch
-    from ray.train.torch import get_device
 
     from clapray.learner import ContinualLearner, TrainingDiverged
 
@@ -96,8 +103,16 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     # One intra-op thread per CPU the worker was given: the default (all cores) oversubscribes a node
     # running several trials and can make a CPU trial 20x slower.
     torch.set_num_threads(max(1, int(spec.cpus_per_worker)))
-    rank = ray.train.get_context().get_world_rank()
-    device = get_device()
+    if spec.in_trial:
+        # Ray Train's APIs refuse to run inside a Ray Tune trial, so its local mode is a pass-through here:
+        # the one worker is rank 0, and Ray Tune gave this process its GPU share (CUDA_VISIBLE_DEVICES).
+        rank = 0
+        device = torch.device("cuda" if spec.gpus_per_worker > 0 and torch.cuda.is_available() else "cpu")
+    else:
+        from ray.train.torch import get_device
+
+        rank = ray.train.get_context().get_world_rank()
+        device = get_device()
     features = None
     if plan.features is not None:
         # The embeddings the sweep computed once, straight from Ray's object store (any node).
@@ -105,17 +120,15 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
         features = from_shareable(ray.get(plan.features[0]))
     learner = ContinualLearner(cfg, device=device, features=features, feature_store=spec.feature_store)
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            learner.load(Path(folder) / "learner.pt")
+    resume_learner(learner, spec.run_folder(identity.trial_id), from_train_run=not spec.in_trial)
+    reports = TaskReports(spec.in_trial, spec.run_folder(identity.trial_id))
     writer = identity.open_writer(spec.store, cfg, learner.provenance()) if rank == 0 else None
     if rank == 0:
         # Heartbeats inside each task, for the driver's console (it may run on another node).
         learner.progress = Throttled(FileSink(progress_path(spec.store, identity.run_id)), learner.num_tasks)
     timeline.mark("worker", "learner_ready", identity.trial_id)
     if learner.num_tasks and learner.tasks_done == learner.num_tasks:
-        report_completed_run(learner, writer)
+        report_completed_run(learner, writer, reports)
         return
     start = time.perf_counter()
     for task in range(learner.tasks_done, learner.num_tasks):
@@ -126,38 +139,81 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             # Deterministic: retrying would diverge again. Record it and end the trial.
             if writer is not None:
                 writer.mark("error", str(err))
-            ray.train.report({"tasks_done": task, "diverged": True, "num_tasks": learner.num_tasks,
-                              spec.metric: float("nan")})
+            reports.send({"tasks_done": task, "diverged": True, "num_tasks": learner.num_tasks,
+                          spec.metric: float("nan")})
             return
         timeline.mark("worker", "task_end", identity.trial_id)
         with tempfile.TemporaryDirectory() as folder:
-            report_checkpoint = None
+            checkpoint = None
             if writer is not None:
                 gpu_s = (time.perf_counter() - start) if device.type == "cuda" else None
                 writer.write_task(result, learner.history, gpu_s=gpu_s)
-                learner.save(Path(folder) / "learner.pt")
+                checkpoint = Path(folder)
+                learner.save(checkpoint / task_checkpoints.LEARNER_FILE)
                 # What the store's run row records beside the config, so a lost row can be restored from here.
                 provenance = learner.provenance()
-                (Path(folder) / PROVENANCE_FILE).write_text(json.dumps({
+                (checkpoint / PROVENANCE_FILE).write_text(json.dumps({
                     "dataset_fingerprint": provenance.dataset_fingerprint,
                     "trainable_params": provenance.trainable_params,
                     "used_feature_cache": provenance.used_feature_cache}))
-                report_checkpoint = ray.train.Checkpoint.from_directory(folder)
-            ray.train.report(task_metrics(result, learner.num_tasks), checkpoint=report_checkpoint,
-                             checkpoint_dir_name=f"task_{task:03d}")
+            reports.send(task_metrics(result, learner.num_tasks), checkpoint, task)
         timeline.mark("worker", "reported", identity.trial_id)
         maybe_inject_failure(task, identity.run_id, identity.seed)
     timeline.mark("worker", "exit", identity.trial_id)
 
 
-def report_completed_run(learner, writer) -> None:
-    """A resumed Train run whose every task is done: make sure the store has its rows, report the last task.
+def resume_learner(learner, folder: str, *, from_train_run: bool) -> None:
+    """Continue ``learner`` from the trial's newest task checkpoint, if it has one.
+
+    A worker group's Ray Train run (``from_train_run``) hands over the checkpoint its own state registered;
+    otherwise (the worker runs in the trial's process, or Train's run state was lost before it registered a
+    checkpoint it had persisted) the newest loadable ``task_<k>`` folder of the trial's run folder is the
+    one (:mod:`clapray.sweep.task_checkpoints`: a folder is complete once its learner loads)."""
+    from clapray.checkpoint import load_checkpoint
+
+    checkpoint = ray.train.get_checkpoint() if from_train_run else None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as local:
+            learner.load(Path(local) / task_checkpoints.LEARNER_FILE)
+        return
+    state = task_checkpoints.newest(folder, lambda local: load_checkpoint(local / task_checkpoints.LEARNER_FILE))
+    if state is not None:
+        learner.load_state_dict(state)
+
+
+@dataclass(frozen=True)
+class TaskReports:
+    """How a trial's worker reports a task (its metrics, and rank 0's checkpoint folder) to Ray.
+
+    In a worker group, through ``ray.train.report``: the controller persists the checkpoint in the trial's run
+    folder and passes the metrics to Ray Tune. Inside the trial's process (where Ray Train's report refuses
+    to run: it is a Tune trial), the checkpoint is persisted to the same folder here, then the metrics go
+    straight to Ray Tune: the searcher, the scheduler and the sweep's callbacks see the same
+    results either way. Ray Tune answers a report of a trial it stopped (ASHA) by ending the training
+    function there."""
+
+    in_trial: bool
+    run_folder: str
+
+    def send(self, metrics: dict[str, Any], checkpoint: Path | None = None, task: int | None = None) -> None:
+        if not self.in_trial:
+            ray.train.report(metrics, checkpoint=None if checkpoint is None
+                             else ray.train.Checkpoint.from_directory(str(checkpoint)),
+                             checkpoint_dir_name=None if task is None else task_checkpoints.folder_name(task))
+            return
+        if checkpoint is not None and task is not None:
+            task_checkpoints.persist(checkpoint, self.run_folder, task)
+        ray.tune.report(metrics)
+
+
+def report_completed_run(learner, writer, reports: TaskReports) -> None:
+    """A resumed trial whose every task is done: make sure the store has its rows, report the last task.
 
     Rank 0 rewrites the rows from the checkpoint's history unless the store already holds all of them
     (a compacted run always does); every rank reports, as Ray Train expects of each worker."""
     if writer is not None and writer.compacted_in is None and not writer.holds_complete_run(learner.num_tasks):
         writer.write_task(learner.history[-1], learner.history)
-    ray.train.report(task_metrics(learner.history[-1], learner.num_tasks))
+    reports.send(task_metrics(learner.history[-1], learner.num_tasks))
 
 
 class TimelineCallback(ray.train.UserCallback):
@@ -187,6 +243,16 @@ def trial_driver(config: dict[str, Any], feature_refs: dict[str, list[Any]] | No
     cfg = trial_run_config(config, trial_id)
     plan = WorkerPlan(spec=spec, identity=TrialIdentity.of(spec.sweep, trial_id, config), run=cfg,
                       features=(feature_refs or {}).get(feature_group(cfg)))
+    if spec.in_trial:
+        # Ray Train's local mode: the training function runs here, in this Tune trial's process (which holds
+        # the worker's CPUs and GPU share), and reports to Ray Tune itself (:class:`TaskReports`).
+        trainer = trainer_class(1)(train_worker, train_loop_config={"plan": plan},
+                                   scaling_config=ray.train.ScalingConfig(num_workers=0),
+                                   run_config=ray.train.RunConfig(name=f"train-{trial_id}"))
+        timeline.mark("driver", "fit", trial_id)
+        trainer.fit()
+        timeline.mark("driver", "fitted", trial_id)
+        return
     callbacks = [TuneReportCallback()] + ([TimelineCallback(trial_id)] if timeline.enabled() else [])
     trainer = trainer_class(spec.workers_per_trial)(
         train_worker,
@@ -195,7 +261,7 @@ def trial_driver(config: dict[str, Any], feature_refs: dict[str, list[Any]] | No
                                                resources_per_worker=spec.worker_resources()),
         run_config=ray.train.RunConfig(
             # Deterministic name: a restarted trial finds its Train run and resumes from its checkpoint.
-            name=f"train-{trial_id}",
+            name=f"train-{trial_id}",  # its folder is spec.run_folder(trial_id)
             storage_path=spec.train_storage,
             failure_config=ray.train.FailureConfig(max_failures=spec.retries),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),

@@ -169,18 +169,17 @@ class ProgressPrinter(Callback):
         self._print(self._line(trials, trial, what, (trial, state)))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        cell = trial.config["cell"]
-        done = int((trial.last_result or {}).get("tasks_done", 0))
-        what = (f"FAILED after task {done}/{self.num_tasks[cell]}: {failure_reason(trial.error_file)} "
-                f"(full log: {error_log(trial)})")
-        self._print(self._line(trials, trial, what, (trial, TrialState(cell, "failed"))))
+        self._failure(trials, trial, "FAILED", f" (full log: {error_log(trial)})", "failed")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
+        self._failure(trials, trial, "failed", "; retrying from its last checkpoint", "running")
+
+    def _failure(self, trials, trial, word: str, then: str, state: str) -> None:
+        """``<word> after task k/N: <reason><then>``, the trial counted as ``state`` in its cell."""
         cell = trial.config["cell"]
         done = int((trial.last_result or {}).get("tasks_done", 0))
-        what = (f"failed after task {done}/{self.num_tasks[cell]}: {failure_reason(trial.error_file)}; retrying "
-                f"from its last checkpoint")
-        self._print(self._line(trials, trial, what, (trial, TrialState(cell, "running"))))
+        what = f"{word} after task {done}/{self.num_tasks[cell]}: {failure_reason(trial.error_file)}{then}"
+        self._print(self._line(trials, trial, what, (trial, TrialState(cell, state))))
 
     def on_experiment_end(self, trials, **info):
         for line in progress_lines(self._states(trials), self.metric, self.mode):

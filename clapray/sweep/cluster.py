@@ -308,9 +308,9 @@ def plan_trials(footprint: TrialFootprint, nodes: tuple[NodeKind, ...], *, max_c
         raise UserError(f"resources: a trial needs {footprint.workers} workers of {_text(bundle)} at once, but "
                         f"{where} can hold {int(capacity)}; lower resources.workers_per_trial{hint}")
     if footprint.in_trial:
-        return _trials_hold_their_worker(footprint, per_node, max_concurrent_trials, where)
+        return _trials_hold_their_worker(footprint, capacity, nodes, max_concurrent_trials, where)
     if any(node.resources.get(TRAIN_DRIVER, 0) >= 1 for node in nodes):
-        return _packed_on_train_driver(footprint, per_node, max_concurrent_trials, where)
+        return _packed_on_train_driver(footprint, capacity, nodes, max_concurrent_trials, where)
     # No train_driver anywhere (a plain `ray start`, KubeRay, SLURM): each driver takes DRIVER_CPU. Tune would
     # start as many drivers as fit, so cap the trials at what fits with their workers, or the drivers could
     # hold every CPU while their workers wait for one.
@@ -326,48 +326,43 @@ def plan_trials(footprint: TrialFootprint, nodes: tuple[NodeKind, ...], *, max_c
     return TrialPlacement({"cpu": DRIVER_CPU}, cap, note, nodes)
 
 
-def _packed_on_train_driver(footprint: TrialFootprint, per_node: list[tuple[NodeKind, int]],
+def _packed_on_train_driver(footprint: TrialFootprint, capacity: float, nodes: tuple[NodeKind, ...],
                             max_concurrent_trials: int | None, where: str) -> TrialPlacement:
-    """Drivers on ``train_driver``; as many trials at once as the workers' nodes (and the driver slots) hold.
+    """Drivers on ``train_driver``; as many trials at once as the workers' nodes (``capacity`` worker bundles)
+    and the driver slots hold.
 
     Tune only sees a driver's ``train_driver`` unit, not the Train workers the driver will ask for, so
     without a cap it would start every trial whose driver fits (a local Ray has 1000 slots): the extra
     trials' worker groups wait for resources, time out after a minute and retry, and their processes take
     the CPU the running ones need. Fractional GPUs pack trials: 0.25 GPU per worker, 4 one-worker trials per
     GPU. Node types an autoscaler may add without bound leave the count to the driver slots."""
-    nodes = [node for node, _ in per_node]
-    workers = sum(math.inf if node.count < 0 else fit * node.count for node, fit in per_node)
     drivers = sum(0.0 if not node.resources.get(TRAIN_DRIVER) else
                   math.inf if node.count < 0 else node.resources[TRAIN_DRIVER] * node.count for node in nodes)
-    fit = min(workers / footprint.workers, drivers)
-    derived = None if math.isinf(fit) else max(1, math.floor(fit + 1e-9))
-    if max_concurrent_trials is not None:
-        cap = max_concurrent_trials if derived is None else min(max_concurrent_trials, derived)
-        return TrialPlacement({"cpu": 0, TRAIN_DRIVER: 1}, cap, None, tuple(nodes))
-    note = None
-    if derived is not None:
-        note = (f"trials: at most {derived} at once, what {where} holds ({footprint.workers} worker(s) of "
-                f"{_text(footprint.worker_bundle())} per trial); set resources.max_concurrent_trials to run fewer")
-    return TrialPlacement({"cpu": 0, TRAIN_DRIVER: 1}, derived, note, tuple(nodes))
+    return _counted({"cpu": 0, TRAIN_DRIVER: 1}, min(capacity / footprint.workers, drivers), max_concurrent_trials,
+                    f"what {where} holds ({footprint.workers} worker(s) of {_text(footprint.worker_bundle())} per "
+                    f"trial)", nodes)
 
 
-def _trials_hold_their_worker(footprint: TrialFootprint, per_node: list[tuple[NodeKind, int]],
+def _trials_hold_their_worker(footprint: TrialFootprint, capacity: float, nodes: tuple[NodeKind, ...],
                               max_concurrent_trials: int | None, where: str) -> TrialPlacement:
     """A trial whose worker runs inside its own process asks Tune for the worker's CPUs and GPU share itself;
     Tune then places trials wherever one fits (any node, not ``train_driver``) and starts no more than fit.
     The count derived here (one trial per worker bundle the nodes hold) is what the note says and the cap."""
     bundle = footprint.worker_bundle()
-    resources = {key.lower(): value for key, value in bundle.items()}
-    nodes = tuple(node for node, _ in per_node)
-    workers = sum(math.inf if node.count < 0 else fit * node.count for node, fit in per_node)
-    derived = None if math.isinf(workers) else max(1, int(workers))
+    return _counted({key.lower(): value for key, value in bundle.items()}, capacity, max_concurrent_trials,
+                    f"what {where} holds ({_text(bundle)} per trial, its worker inside the trial's process)", nodes)
+
+
+def _counted(resources: Mapping[str, float], fit: float, max_concurrent_trials: int | None, holds: str,
+             nodes: tuple[NodeKind, ...]) -> TrialPlacement:
+    """Trials of ``resources`` at once: the ``fit`` the cluster holds (unbounded: no cap from here), lowered
+    to the sweep's ``max_concurrent_trials``; the note says the derived count when the sweep set none."""
+    derived = None if math.isinf(fit) else max(1, math.floor(fit + 1e-9))
     if max_concurrent_trials is not None:
         cap = max_concurrent_trials if derived is None else min(max_concurrent_trials, derived)
         return TrialPlacement(resources, cap, None, nodes)
-    note = None
-    if derived is not None:
-        note = (f"trials: at most {derived} at once, what {where} holds ({_text(bundle)} per trial, its worker "
-                f"inside the trial's process); set resources.max_concurrent_trials to run fewer")
+    note = None if derived is None else (f"trials: at most {derived} at once, {holds}; set "
+                                         f"resources.max_concurrent_trials to run fewer")
     return TrialPlacement(resources, derived, note, nodes)
 
 

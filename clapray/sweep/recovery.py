@@ -21,7 +21,6 @@ the runs and what is missing; nothing is guessed.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,9 +35,6 @@ from clapray.results.files import list_table, quarantine, read_file
 from clapray.results.schema import TABLES
 from clapray.sweep.spec import PROVENANCE_FILE, TrialIdentity, TrialSpec, trial_run_config
 from clapray.task_result import RunProvenance, TaskResult
-
-log = logging.getLogger(__name__)
-
 
 
 class StoreDamaged(UserError):
@@ -87,7 +83,6 @@ def restorable(root: str) -> bool:
     import pyarrow.fs as pafs
     import ray.tune
 
-    from clapray.fileio import resolve_filesystem
 
     if not ray.tune.Tuner.can_restore(root):
         return False

@@ -35,12 +35,13 @@ class SweepChanged(UserError):
 
 
 def identity(sweep: SweepConfig) -> dict[str, Any]:
-    """The resolved sweep as plain data, without its location."""
+    """The resolved sweep as plain data, without its location and execution fields."""
     data = json.loads(json.dumps(sweep.to_dict()))  # tuples -> lists, as YAML gives them back
-    return _without_location(data)
+    return _identity_fields(data)
 
 
-def _without_location(data: dict[str, Any]) -> dict[str, Any]:
+def _identity_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (a resolved sweep as plain data) without its location and execution fields."""
     for name in LOCATION_FIELDS:
         data.pop(name, None)
     for section, name in EXECUTION_FIELDS:
@@ -89,7 +90,7 @@ def read_saved(root: str, filesystem: pafs.FileSystem | None = None) -> dict[str
         if fs.get_file_info(f"{path}/{SAVED_SWEEP}").type == pafs.FileType.NotFound:
             return None
         raise
-    return _without_location(yaml.safe_load(text) or {})
+    return _identity_fields(yaml.safe_load(text) or {})
 
 
 def check_same_sweep(sweep: SweepConfig, root: str, filesystem: pafs.FileSystem | None = None) -> bool:

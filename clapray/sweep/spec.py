@@ -42,9 +42,15 @@ class TrialSpec:
         """Where each trial's per-task checkpoints (and a worker group's Ray Train run state) are kept."""
         return child(self.store, "train_runs")
 
+    @staticmethod
+    def run_name(trial_id: str) -> str:
+        """Trial ``trial_id``'s Ray Train run name, derived from the trial id so that a restarted trial finds
+        its run (and its checkpoints) again."""
+        return f"train-{trial_id}"
+
     def run_folder(self, trial_id: str) -> str:
-        """Trial ``trial_id``'s folder under :attr:`train_storage` (named as its Ray Train run)."""
-        return child(self.train_storage, f"train-{trial_id}")
+        """Trial ``trial_id``'s folder under :attr:`train_storage`: its Ray Train run's."""
+        return child(self.train_storage, self.run_name(trial_id))
 
     @property
     def feature_store(self) -> str:

@@ -40,14 +40,18 @@ def folder_name(task: int) -> str:
 
 def task_folders(folder: str) -> list[str]:
     """Paths (on the folder's filesystem) of every ``task_<k>`` checkpoint folder, newest task first."""
+    return [path for _, path in _numbered(folder)]
+
+
+def _numbered(folder: str) -> list[tuple[int, str]]:
+    """(task, path) of every ``task_<k>`` checkpoint folder of ``folder``, newest task first."""
     fs, base = resolve_filesystem(folder)
-    infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
     found = []
-    for info in infos:
+    for info in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True)):
         suffix = info.base_name[len(PREFIX):]
         if info.type == pafs.FileType.Directory and info.base_name.startswith(PREFIX) and suffix.isdigit():
             found.append((int(suffix), info.path))
-    return [path for _, path in sorted(found, reverse=True)]
+    return sorted(found, reverse=True)
 
 
 def persist(local: Path, folder: str, task: int, keep: int = KEEP) -> None:
@@ -64,8 +68,8 @@ def persist(local: Path, folder: str, task: int, keep: int = KEEP) -> None:
                 fh.write(data)
         else:
             write_bytes_atomic(Path(target) / name, data)
-    for old in task_folders(folder):
-        if int(old.rsplit("/", 1)[-1][len(PREFIX):]) <= task - keep:
+    for number, old in _numbered(folder):
+        if number <= task - keep:
             with contextlib.suppress(OSError):
                 fs.delete_dir(old)
 

@@ -248,26 +248,23 @@ def trial_driver(config: dict[str, Any], feature_refs: dict[str, list[Any]] | No
         # the worker's CPUs and GPU share), and reports to Ray Tune itself (:class:`TaskReports`).
         trainer = trainer_class(1)(train_worker, train_loop_config={"plan": plan},
                                    scaling_config=ray.train.ScalingConfig(num_workers=0),
-                                   run_config=ray.train.RunConfig(name=f"train-{trial_id}"))
-        timeline.mark("driver", "fit", trial_id)
-        trainer.fit()
-        timeline.mark("driver", "fitted", trial_id)
-        return
-    callbacks = [TuneReportCallback()] + ([TimelineCallback(trial_id)] if timeline.enabled() else [])
-    trainer = trainer_class(spec.workers_per_trial)(
-        train_worker,
-        train_loop_config={"plan": plan},
-        scaling_config=ray.train.ScalingConfig(num_workers=spec.workers_per_trial, use_gpu=spec.gpus_per_worker > 0,
-                                               resources_per_worker=spec.worker_resources()),
-        run_config=ray.train.RunConfig(
-            # Deterministic name: a restarted trial finds its Train run and resumes from its checkpoint.
-            name=f"train-{trial_id}",  # its folder is spec.run_folder(trial_id)
-            storage_path=spec.train_storage,
-            failure_config=ray.train.FailureConfig(max_failures=spec.retries),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            callbacks=callbacks,
-        ),
-    )
+                                   run_config=ray.train.RunConfig(name=spec.run_name(trial_id)))
+    else:
+        callbacks = [TuneReportCallback()] + ([TimelineCallback(trial_id)] if timeline.enabled() else [])
+        trainer = trainer_class(spec.workers_per_trial)(
+            train_worker,
+            train_loop_config={"plan": plan},
+            scaling_config=ray.train.ScalingConfig(num_workers=spec.workers_per_trial,
+                                                   use_gpu=spec.gpus_per_worker > 0,
+                                                   resources_per_worker=spec.worker_resources()),
+            run_config=ray.train.RunConfig(
+                name=spec.run_name(trial_id),  # in spec.run_folder(trial_id)
+                storage_path=spec.train_storage,
+                failure_config=ray.train.FailureConfig(max_failures=spec.retries),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=task_checkpoints.KEEP),
+                callbacks=callbacks,
+            ),
+        )
     timeline.mark("driver", "fit", trial_id)
     trainer.fit()
     timeline.mark("driver", "fitted", trial_id)
